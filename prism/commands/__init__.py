@@ -1,0 +1,1 @@
+"""Command groups of the ``prism`` CLI (see ``prism.cli``)."""

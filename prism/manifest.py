@@ -1,0 +1,276 @@
+"""``prism_run_manifest.v1.json``: the only contract between the evaluator and scoring.
+
+The host writes one manifest per run (one submission x regime x seed x recipe mode). Every value
+in it was measured or decided by the host: the held-out bits-per-byte comes from a separate
+sandboxed evaluation process, the probe curve is evidence streamed from the training process,
+and nothing a submission writes to disk is read as a metric. The schema is strict
+(``extra="forbid"``) so a manifest that does not parse is never scored.
+
+Paths under ``artifacts`` are relative to the run's artifact root (the directory holding the
+manifest), never host paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prism.errors import InfrastructureFault
+
+SCHEMA_VERSION = "prism_run_manifest.v1"
+MANIFEST_FILENAME = "prism_run_manifest.v1.json"
+
+RecipeMode = Literal["reference", "submitted"]
+Competition = Literal["architecture", "training"]
+Isolation = Literal["bwrap", "degraded"]
+RunState = Literal["succeeded", "failed"]
+Fault = Literal["miner", "infrastructure"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProfileRef(_Strict):
+    name: str
+    version: int
+    official: bool
+
+
+class RegimeRef(_Strict):
+    name: str
+    max_parameters: int
+    max_layers: int
+    sequence_length: int
+    train_tokens: int
+
+
+class SubmissionIds(_Strict):
+    zip_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    kind: Literal["full", "architecture_only", "training_for_arch"]
+    architecture_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    training_fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    target_architecture_id: str | None = Field(
+        default=None, description="architecture_id declared by a training_for_arch submission"
+    )
+    family_id: str | None = Field(default=None, description="topology-only fingerprint of the running model")
+    version_id: str | None = Field(default=None, description="topology plus sizes")
+
+
+class RecipeRecord(_Strict):
+    declared: dict[str, object] = Field(description="what get_recipe returned, as JSON")
+    effective: dict[str, object] = Field(description="what the harness actually used")
+    clamped: list[str] = Field(default_factory=list, description="fields the harness changed")
+
+
+class ShardRef(_Strict):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tokens: int
+
+
+class TokenizerRef(_Strict):
+    name: str
+    fingerprint: str
+    vocab_size: int
+    eos_id: int
+
+
+class DatasetRecord(_Strict):
+    source: str = Field(
+        description="e.g. 'hf:HuggingFaceFW/fineweb-edu', 'local:parquet', 'offline:docstrings'"
+    )
+    is_fineweb_edu: bool
+    revision: str | None = None
+    config: str | None = None
+    manifest_sha256: str = Field(description="sha256 of the prepared shard directory's MANIFEST.json")
+    split_rule: str
+    tokenizer: TokenizerRef
+    train_shards: list[ShardRef]
+    heldout_shards: list[ShardRef]
+    heldout_seed: int
+    heldout_windows: int
+
+
+class HardwareRecord(_Strict):
+    device_type: Literal["cpu", "cuda"]
+    gpu_count: int = 0
+    device_names: list[str] = Field(default_factory=list)
+    world_size: int = 1
+    distributed_backend: str | None = None
+
+
+class EnvironmentRecord(_Strict):
+    python: str
+    torch: str | None = None
+    cuda: str | None = None
+    prism: str
+    platform: str
+
+
+class HookRecord(_Strict):
+    present: bool
+    used: bool
+    source_file: str | None = Field(default=None, description="submission-relative file defining the hook")
+
+
+class ProbePoint(_Strict):
+    step: int
+    tokens_seen: int = Field(description="training tokens consumed before this probe (global)")
+    loss_nats: float = Field(description="mean nats/token of the probed slice, before the update")
+    bpb: float
+
+
+class HeldoutPoint(_Strict):
+    tokens_seen: int
+    bpb: float
+
+
+class Metrics(_Strict):
+    heldout_bpb: float | None = Field(
+        default=None, description="held-out bits per UTF-8 byte; lower is better"
+    )
+    heldout_loss_nats: float | None = None
+    heldout_tokens: int = 0
+    heldout_bytes: int = 0
+    probe_bpb: float | None = Field(
+        default=None, description="mean online probe bpb over the last half of training"
+    )
+    first_probe_loss_nats: float | None = None
+    final_train_loss_nats: float | None = None
+    train_bpb: float | None = Field(default=None, description="probe bpb at the end of training")
+    train_heldout_gap_bpb: float | None = None
+    probe_curve: list[ProbePoint] = Field(default_factory=list)
+    loss_vs_tokens: list[HeldoutPoint] = Field(default_factory=list)
+    train_tokens: int = 0
+    train_bytes: int = 0
+    train_steps: int = 0
+    parameter_count: int | None = None
+    layer_count: int | None = None
+    flops_per_token: float | None = None
+    nonfinite_loss: bool = False
+
+    @field_validator("heldout_bpb", "probe_bpb", "first_probe_loss_nats", "train_bpb")
+    @classmethod
+    def _finite_or_none(cls, value: float | None) -> float | None:
+        # JSON cannot carry NaN; a non-finite measurement is recorded as None plus nonfinite_loss.
+        if value is not None and not math.isfinite(value):
+            raise ValueError("metric must be finite (record non-finite results via nonfinite_loss)")
+        return value
+
+
+class Diagnostics(_Strict):
+    params_sha256_before_eval: str | None = None
+    params_sha256_after_eval: str | None = None
+    params_changed_during_eval: bool = False
+    sandbox_probe: str | None = Field(default=None, description="what the launcher found (bwrap, cgroups)")
+    exit_codes: dict[str, int | None] = Field(default_factory=dict)
+    log_truncated: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+class Comparability(_Strict):
+    metric: Literal["bits_per_byte"] = "bits_per_byte"
+    tokenizer: str
+    sequence_length: int
+    heldout_windows: int
+    heldout_seed: int
+    profile_key: str
+
+
+class Validation(_Strict):
+    score_eligible: bool
+    reasons: list[str] = Field(default_factory=list, description="every stable code that makes it ineligible")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Validation:
+        if self.score_eligible and self.reasons:
+            raise ValueError("a score-eligible run cannot carry ineligibility reasons")
+        if not self.score_eligible and not self.reasons:
+            raise ValueError("an ineligible run must say why")
+        return self
+
+
+class Failure(_Strict):
+    code: str
+    fault: Fault
+    message: str
+    phase: str | None = None
+
+
+class Status(_Strict):
+    state: RunState
+    failure: Failure | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Status:
+        if (self.state == "failed") != (self.failure is not None):
+            raise ValueError("a failed run needs a failure, a succeeded one must not have one")
+        return self
+
+
+class Artifacts(_Strict):
+    architecture_graph: str | None = None
+    architecture_metadata: str | None = None
+    run_log: str | None = None
+    metrics: str | None = None
+    checkpoint: str | None = None
+    plot: str | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in Path(value).parts or "\\" in value):
+            raise ValueError(f"artifact paths must be artifact-root-relative, got {value!r}")
+        return value
+
+
+class RunManifest(_Strict):
+    schema_version: Literal["prism_run_manifest.v1"] = SCHEMA_VERSION
+    run_id: str
+    created_at: str = Field(description="ISO-8601 UTC; informational, never used for scoring")
+    competition: Competition
+    recipe_mode: RecipeMode
+    profile: ProfileRef
+    regime: RegimeRef
+    seed: int
+    submission: SubmissionIds
+    recipe: RecipeRecord | None = None
+    dataset: DatasetRecord
+    hardware: HardwareRecord
+    isolation: Isolation
+    environment: EnvironmentRecord
+    hooks: dict[str, HookRecord] = Field(default_factory=dict)
+    training_files: list[str] = Field(default_factory=list)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=Metrics)
+    diagnostics: Diagnostics = Field(default_factory=Diagnostics)
+    comparability: Comparability
+    validation: Validation
+    status: Status
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def write_manifest(manifest: RunManifest, artifact_root: Path) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a manifest."""
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    target = artifact_root / MANIFEST_FILENAME
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def read_manifest(path: Path) -> RunManifest:
+    """Parse and validate a manifest file; a broken one is our fault (the host wrote it)."""
+    try:
+        return RunManifest.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValidationError, ValueError) as exc:
+        raise InfrastructureFault(f"invalid run manifest {path}: {exc}", code="manifest.invalid") from exc

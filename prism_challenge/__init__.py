@@ -1,0 +1,1 @@
+"""Compatibility alias: submissions written against ``prism_challenge`` keep working unmodified."""
