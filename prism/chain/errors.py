@@ -1,0 +1,68 @@
+"""Typed errors of the chain stage.
+
+Chain failures are ours (infrastructure): the validator retries them on its next step and never
+penalizes a miner for them. Mistakes the operator can fix (an unregistered hotkey, a missing
+wallet, a subnet that does not exist) are ``OperatorError``s so the command stops with a message.
+"""
+
+from __future__ import annotations
+
+from prism.errors import InfrastructureFault, OperatorError
+
+
+class ChainError(InfrastructureFault):
+    """A chain call failed on our side of the line; retried later."""
+
+    default_code = "chain.error"
+
+
+class ChainUnavailable(ChainError):
+    """The chain could not be reached (connection refused, closed, or timed out)."""
+
+    default_code = "chain.unavailable"
+
+
+class ChainTimeout(ChainUnavailable):
+    """A chain call did not answer within its time budget."""
+
+    default_code = "chain.timeout"
+
+
+class ChainRejected(ChainError):
+    """The chain refused an extrinsic for a reason that is neither a rate limit nor registration."""
+
+    default_code = "chain.rejected"
+
+
+class RateLimited(ChainError):
+    """The call came too soon after the previous one of its kind; retry after ``retry_after_blocks``."""
+
+    default_code = "chain.rate_limited"
+
+    def __init__(self, message: str, *, retry_after_blocks: int | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_blocks = retry_after_blocks
+
+
+class NotRegistered(OperatorError):
+    """The hotkey has no uid on this subnet: register it before serving or validating."""
+
+    default_code = "chain.not_registered"
+
+
+class NotPermitted(OperatorError):
+    """The hotkey is registered but lacks what the call needs (a validator permit)."""
+
+    default_code = "chain.not_permitted"
+
+
+class SubnetMissing(OperatorError):
+    """The subnet (or the local chain file) does not exist."""
+
+    default_code = "chain.subnet_missing"
+
+
+class WalletError(OperatorError):
+    """A wallet or one of its keys is missing or unreadable."""
+
+    default_code = "wallet.missing"

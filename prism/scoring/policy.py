@@ -1,0 +1,101 @@
+"""Scoring policy: the competition rules as versioned data.
+
+Rules change over a subnet's life. Each rule set has a version and an activation block
+(``RULES_SCHEDULE``); ``policy_for_profile(profile, block=...)`` picks the rule set active at
+that block and joins it with what the evaluation profile fixes (regimes, seeds, gates). Two
+validators with the same stored results and the same block therefore apply the same rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from prism.errors import OperatorError
+from prism.profiles import Profile
+
+PoolPolicy = Literal["winner_take_all", "top_k_linear"]
+UnclaimedRule = Literal["redistribute", "burn"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompetitionRules(_Frozen):
+    """Profile-independent rules. Defaults are rules version 1 (see docs/scoring.md)."""
+
+    version: int = Field(default=1, ge=1)
+    architecture_pool: float = Field(default=0.6, ge=0.0, le=1.0)
+    training_pool: float = Field(default=0.4, ge=0.0, le=1.0)
+    pool_policy: PoolPolicy = "winner_take_all"
+    top_k: int = Field(default=3, ge=1, description="ranks paid by top_k_linear")
+    # A newer family takes the architecture lead only past max(abs, rel * leader bpb).
+    family_margin_bpb: float = Field(default=0.005, ge=0.0)
+    family_margin_rel: float = Field(default=0.005, ge=0.0)
+    # A newer version of a family becomes canonical only past max(abs, rel * canonical bpb).
+    version_margin_bpb: float = Field(default=0.002, ge=0.0)
+    version_margin_rel: float = Field(default=0.002, ge=0.0)
+    # Held-out means closer than this (at the margin boundary) are a near-tie: probe bpb decides.
+    tie_tolerance_bpb: float = Field(default=0.0005, ge=0.0)
+    # Training noise margin: max(abs, rel * baseline bpb, z * stderr of per-cell paired differences).
+    training_z: float = Field(default=2.0, ge=0.0)
+    training_abs_min_delta_bpb: float = Field(default=0.002, ge=0.0)
+    training_rel_min_delta: float = Field(default=0.002, ge=0.0)
+    unclaimed_rule: UnclaimedRule = "redistribute"
+    burn_uid: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _pools_sum_to_one(self) -> CompetitionRules:
+        if abs(self.architecture_pool + self.training_pool - 1.0) > 1e-9:
+            raise ValueError("architecture_pool + training_pool must be 1")
+        return self
+
+
+class ScoringPolicy(CompetitionRules):
+    """Rules plus what the profile fixes: the cells every score needs and the gate thresholds."""
+
+    profile: str
+    profile_version: int = Field(ge=1)
+    required_regimes: tuple[str, ...] = Field(min_length=1)
+    required_seeds: tuple[int, ...] = Field(min_length=1)
+    smuggle_factor: float = Field(default=0.5, gt=0.0, lt=1.0)
+    max_train_heldout_gap_bpb: float = Field(default=0.25, gt=0.0)
+    waived_reasons: frozenset[str] = frozenset()
+
+    @property
+    def profile_key(self) -> str:
+        return f"{self.profile}@{self.profile_version}"
+
+    @property
+    def required_cells(self) -> tuple[tuple[str, int], ...]:
+        """Every (regime, seed) a complete score needs, in a fixed order."""
+        return tuple((r, s) for r in sorted(self.required_regimes) for s in sorted(self.required_seeds))
+
+
+#: (activation block, rules). Append new versions; never edit an activated one.
+RULES_SCHEDULE: tuple[tuple[int, CompetitionRules], ...] = ((0, CompetitionRules(version=1)),)
+
+
+def rules_at_block(block: int) -> CompetitionRules:
+    """The rule set active at ``block`` (the last one whose activation block is <= block)."""
+    active = [rules for start, rules in RULES_SCHEDULE if start <= block]
+    if not active:
+        raise OperatorError(f"no scoring rules active at block {block}", code="scoring.no_rules")
+    return active[-1]
+
+
+def policy_for_profile(profile: Profile, *, block: int = 0, **overrides: Any) -> ScoringPolicy:
+    """Join the rules active at ``block`` with ``profile``; ``overrides`` replace any field."""
+    fields: dict[str, Any] = rules_at_block(block).model_dump()
+    fields.update(
+        profile=profile.name,
+        profile_version=profile.version,
+        required_regimes=tuple(r.name for r in profile.regimes),
+        required_seeds=tuple(profile.seeds),
+        smuggle_factor=profile.gates.smuggle_factor,
+        max_train_heldout_gap_bpb=profile.gates.max_train_heldout_gap_bpb,
+    )
+    fields.update(overrides)
+    return ScoringPolicy.model_validate(fields)

@@ -1,0 +1,179 @@
+"""Pools -> recipients -> uids -> a normalized weight vector.
+
+The architecture pool pays the owner(s) of the leading famil(y/ies); the training pool pays the
+best variant(s) of the leading family. A recipient whose hotkey is not in the current metagraph
+(deregistered) leaves its share unclaimed, as does a pool with nobody to pay. Unclaimed share
+follows ``policy.unclaimed_rule``:
+
+* ``redistribute`` (default): spread pro rata over every claimed share (the vector is
+  renormalized); when nothing at all is claimed the result is empty and the validator sets no
+  weights this epoch;
+* ``burn``: the unclaimed share goes to ``policy.burn_uid``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from prism.scoring.competition import (
+    FamilyEntry,
+    OwnershipEvent,
+    Standings,
+    SubmissionVerdict,
+    VariantEntry,
+    VersionEntry,
+    run_competitions,
+)
+from prism.scoring.policy import ScoringPolicy
+from prism.scoring.records import SubmissionRecord
+
+#: Shares below this are float noise from 1 - sum(pools), not unclaimed weight.
+_EPSILON = 1e-12
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Payout(_Frozen):
+    """One recipient's share of one pool, before normalization."""
+
+    pool: str
+    hotkey: str
+    zip_sha256: str
+    uid: int | None
+    share: float
+
+
+class Leaderboard(_Frozen):
+    profile_key: str
+    rules_version: int
+    block: int
+    leader_family_id: str | None
+    families: tuple[FamilyEntry, ...]
+    versions: tuple[VersionEntry, ...]
+    variants: tuple[VariantEntry, ...]
+    submissions: tuple[SubmissionVerdict, ...]
+    payouts: tuple[Payout, ...]
+    unclaimed_share: float
+
+
+class WeightResult(_Frozen):
+    weights: dict[int, float]
+    leaderboard: Leaderboard
+    events: tuple[OwnershipEvent, ...]
+
+    @property
+    def reasons(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(hotkey, zip_sha256) -> why that submission earns nothing (empty if it scored)."""
+        return {(s.hotkey, s.zip_sha256): s.reasons for s in self.leaderboard.submissions}
+
+
+def _linear_shares(count: int, top_k: int) -> list[float]:
+    """top_k_linear: ranks 1..k get k, k-1, ..., 1 (over min(k, count) ranks), normalized."""
+    ranks = min(count, top_k)
+    raw = [float(ranks - i) for i in range(ranks)]
+    total = math.fsum(raw)
+    return [r / total for r in raw]
+
+
+def _architecture_ranking(standings: Standings) -> list[FamilyEntry]:
+    """Leader first (incumbency), then the others by held-out, probe, founding block, owner."""
+    leader = [f for f in standings.families if f.leader]
+    others = sorted(
+        (f for f in standings.families if not f.leader),
+        key=lambda f: (f.heldout_bpb, f.probe_bpb, f.founded_block, f.owner_hotkey),
+    )
+    return leader + others
+
+
+def _training_ranking(standings: Standings) -> list[VariantEntry]:
+    """Variants of the leading family: best first, then other qualifying ones by improvement."""
+    pool = [v for v in standings.variants if v.family_id == standings.leader_family_id and v.qualifies]
+    best = [v for v in pool if v.best]
+    others = sorted(
+        (v for v in pool if not v.best),
+        key=lambda v: (-v.improvement_bpb, v.commit_block, v.hotkey, v.zip_sha256),
+    )
+    return best + others
+
+
+def _pool_payouts(
+    pool: str,
+    amount: float,
+    recipients: list[tuple[str, str]],
+    policy: ScoringPolicy,
+    hotkey_to_uid: Mapping[str, int],
+) -> list[Payout]:
+    if not recipients or amount <= 0.0:
+        return []
+    if policy.pool_policy == "winner_take_all":
+        shares = [1.0]
+    else:
+        shares = _linear_shares(len(recipients), policy.top_k)
+    return [
+        Payout(pool=pool, hotkey=hotkey, zip_sha256=sha, uid=hotkey_to_uid.get(hotkey), share=amount * share)
+        for (hotkey, sha), share in zip(recipients, shares, strict=False)
+    ]
+
+
+def _normalize(payouts: list[Payout], unclaimed: float, policy: ScoringPolicy) -> dict[int, float]:
+    per_uid: dict[int, list[float]] = {}
+    for payout in payouts:
+        if payout.uid is not None:
+            per_uid.setdefault(payout.uid, []).append(payout.share)
+    if policy.unclaimed_rule == "burn" and unclaimed > _EPSILON:
+        per_uid.setdefault(policy.burn_uid, []).append(unclaimed)
+    totals = {uid: math.fsum(sorted(shares)) for uid, shares in per_uid.items()}
+    grand = math.fsum(totals[uid] for uid in sorted(totals))
+    if grand <= 0.0:
+        return {}
+    return {uid: totals[uid] / grand for uid in sorted(totals)}
+
+
+def compute_weights(
+    records: Sequence[SubmissionRecord],
+    policy: ScoringPolicy,
+    hotkey_to_uid: Mapping[str, int],
+    block: int,
+) -> WeightResult:
+    """Scores, ownership and the normalized weight vector; a pure function of its arguments."""
+    standings = run_competitions(records, policy)
+    arch = [(f.owner_hotkey, f.owner_zip_sha256) for f in _architecture_ranking(standings)]
+    train = [(v.hotkey, v.zip_sha256) for v in _training_ranking(standings)]
+    payouts = _pool_payouts("architecture", policy.architecture_pool, arch, policy, hotkey_to_uid)
+    payouts += _pool_payouts("training", policy.training_pool, train, policy, hotkey_to_uid)
+    claimed = math.fsum(p.share for p in payouts if p.uid is not None)
+    unclaimed = max(0.0, 1.0 - claimed)
+    unclaimed = unclaimed if unclaimed > _EPSILON else 0.0
+    submissions = _mark_deregistered(standings.submissions, payouts)
+    leaderboard = Leaderboard(
+        profile_key=policy.profile_key,
+        rules_version=policy.version,
+        block=block,
+        leader_family_id=standings.leader_family_id,
+        families=standings.families,
+        versions=standings.versions,
+        variants=standings.variants,
+        submissions=submissions,
+        payouts=tuple(payouts),
+        unclaimed_share=unclaimed,
+    )
+    return WeightResult(
+        weights=_normalize(payouts, unclaimed, policy), leaderboard=leaderboard, events=standings.events
+    )
+
+
+def _mark_deregistered(
+    submissions: tuple[SubmissionVerdict, ...], payouts: list[Payout]
+) -> tuple[SubmissionVerdict, ...]:
+    lost = {(p.hotkey, p.zip_sha256) for p in payouts if p.uid is None}
+    return tuple(
+        s.model_copy(update={"reasons": tuple(sorted({*s.reasons, "owner.deregistered"}))})
+        if (s.hotkey, s.zip_sha256) in lost
+        else s
+        for s in submissions
+    )

@@ -1,0 +1,254 @@
+"""Intake: bytes in, a checked :class:`Submission` out.
+
+Order of checks (each stage runs only on what the previous one accepted):
+
+1. archive safety and limits (:mod:`prism.submission.archive`),
+2. ``prism.yaml`` or the default layout (:mod:`prism.submission.project_manifest`),
+3. the static gate over every ``.py`` (:mod:`prism.submission.static_gate`),
+4. fingerprints and hook detection.
+
+Nothing here imports or runs submission code.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+from prism.errors import OperatorError
+from prism.submission import static_gate
+from prism.submission.archive import (
+    build_zip,
+    check_entry_name,
+    check_suffix,
+    check_text,
+    pack_directory,
+    read_archive,
+)
+from prism.submission.errors import ArchiveError, Problem, StaticGateError, SubmissionError
+from prism.submission.fingerprint import code_fingerprint, sha256_hex
+from prism.submission.limits import IntakeLimits
+from prism.submission.project_manifest import ProjectLayout, resolve_layout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Submission:
+    """A submission that passed intake. ``files`` maps posix relative paths to raw bytes."""
+
+    kind: str
+    files: Mapping[str, bytes]
+    architecture_entrypoint: str
+    architecture_files: tuple[str, ...]
+    training_entrypoint: str | None
+    training_files: tuple[str, ...]
+    architecture_id: str | None
+    zip_bytes: bytes
+    zip_sha256: str
+    architecture_fingerprint: str
+    training_fingerprint: str | None
+    hooks: Mapping[str, str] = field(default_factory=dict)
+    manifest_file: str | None = None
+
+    @property
+    def python_paths(self) -> tuple[str, ...]:
+        """Folders (relative, ``.`` = root) to put on ``sys.path`` so that sibling imports by stem
+        (``from layers import X`` from ``src/model.py``) resolve: the root, then every folder
+        holding a ``.py`` file, sorted."""
+        folders = {str(PurePosixPath(path).parent) for path in self.files if path.endswith(".py")}
+        folders.discard(".")
+        return (".", *sorted(folders))
+
+    def write_to(self, dest: Path) -> None:
+        """Write every file under ``dest``, which must not exist or be an empty directory."""
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise OperatorError(
+                f"{dest} exists and is not an empty directory", code="submission.dest_not_empty"
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        for name, content in self.files.items():
+            target = (root / name).resolve()
+            if not target.is_relative_to(root):  # names were checked at intake; this is a second lock
+                raise ArchiveError("path escapes the destination", code="zip.traversal", file=name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            target.chmod(0o644)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (no file contents), as ``prism check --json`` prints it."""
+        return {
+            "kind": self.kind,
+            "architecture_entrypoint": self.architecture_entrypoint,
+            "architecture_files": list(self.architecture_files),
+            "training_entrypoint": self.training_entrypoint,
+            "training_files": list(self.training_files),
+            "architecture_id": self.architecture_id,
+            "manifest_file": self.manifest_file,
+            "files": sorted(self.files),
+            "zip_sha256": self.zip_sha256,
+            "zip_bytes": len(self.zip_bytes),
+            "architecture_fingerprint": self.architecture_fingerprint,
+            "training_fingerprint": self.training_fingerprint,
+            "hooks": dict(self.hooks),
+            "python_paths": list(self.python_paths),
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``prism check`` found. ``submission`` is set whenever the archive and manifest were
+    readable (even if the static gate failed); ``ok`` is True only if there are no problems."""
+
+    ok: bool
+    submission: Submission | None
+    problems: list[Problem]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "submission": self.submission.summary() if self.submission is not None else None,
+            "problems": [problem.to_dict() for problem in self.problems],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def _single_file_zip(data: bytes, filename: str, limits: IntakeLimits) -> bytes:
+    """A lone ``.py`` becomes the deterministic one-entry ZIP a miner would commit."""
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    check_entry_name(name, limits)
+    check_suffix(name, limits)
+    if len(data) > limits.max_total_bytes:
+        raise ArchiveError(
+            f"file is {len(data)} bytes; the limit is {limits.max_total_bytes}",
+            code="zip.too_large",
+            file=name,
+        )
+    check_text(name, data)
+    return build_zip({name: data})
+
+
+def _gate(files: Mapping[str, bytes], layout: ProjectLayout) -> tuple[list[Problem], dict[str, str]]:
+    """Run the static gate on every .py; return all problems and the hooks found."""
+    local = static_gate.LocalModules.from_paths(files)
+    problems = static_gate.check_shadowing(files)
+    trees: dict[str, ast.Module] = {}
+    for path in sorted(files):
+        if not path.endswith(".py"):
+            continue
+        tree, parse_problems = static_gate.parse_module(path, files[path])
+        problems.extend(parse_problems)
+        if tree is not None:
+            trees[path] = tree
+            problems.extend(static_gate.check_module(path, tree, local))
+    arch_tree = trees.get(layout.architecture_entrypoint)
+    if arch_tree is not None:
+        problems.extend(static_gate.check_required_functions(layout.architecture_entrypoint, arch_tree))
+    entrypoints = [layout.training_entrypoint, layout.architecture_entrypoint]
+    hooks = static_gate.find_hooks(
+        (path, trees[path]) for path in entrypoints if path is not None and path in trees
+    )
+    return problems, hooks
+
+
+def _assemble(
+    files: dict[str, bytes], zip_bytes: bytes, layout: ProjectLayout, hooks: dict[str, str]
+) -> Submission:
+    training_fingerprint = None
+    if layout.training_entrypoint is not None:
+        training_fingerprint = code_fingerprint(
+            "training", layout.training_entrypoint, layout.training_files, files
+        )
+    return Submission(
+        kind=layout.kind,
+        files=MappingProxyType(files),
+        architecture_entrypoint=layout.architecture_entrypoint,
+        architecture_files=layout.architecture_files,
+        training_entrypoint=layout.training_entrypoint,
+        training_files=layout.training_files,
+        architecture_id=layout.architecture_id,
+        zip_bytes=zip_bytes,
+        zip_sha256=sha256_hex(zip_bytes),
+        architecture_fingerprint=code_fingerprint(
+            "architecture", layout.architecture_entrypoint, layout.architecture_files, files
+        ),
+        training_fingerprint=training_fingerprint,
+        hooks=MappingProxyType(hooks),
+        manifest_file=layout.manifest_file,
+    )
+
+
+def _run_intake(data: bytes, filename: str, limits: IntakeLimits) -> tuple[Submission, list[Problem]]:
+    """Stages 1-4. Archive and manifest errors raise; gate problems are returned, all of them."""
+    is_single_file = filename.lower().endswith(".py")
+    zip_bytes = _single_file_zip(data, filename, limits) if is_single_file else data
+    files = read_archive(zip_bytes, limits)
+    layout = resolve_layout(files, limits)
+    problems, hooks = _gate(files, layout)
+    return _assemble(files, zip_bytes, layout, hooks), problems
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def load_submission_bytes(
+    data: bytes, *, filename: str = "submission.zip", limits: IntakeLimits | None = None
+) -> Submission:
+    """Intake from bytes (e.g. fetched from an axon). ``filename`` ending in ``.py`` means a
+    single-file submission; anything else is read as a ZIP. Raises :class:`SubmissionError`."""
+    submission, problems = _run_intake(bytes(data), filename, limits or IntakeLimits())
+    if problems:
+        raise StaticGateError(problems)
+    logger.debug("accepted %s: kind %s, zip sha256 %s", filename, submission.kind, submission.zip_sha256)
+    return submission
+
+
+def _read_path(path: Path, limits: IntakeLimits) -> tuple[bytes, str]:
+    """Bytes and a filename for a .zip, a .py or a project directory (packed in memory)."""
+    path = Path(path)
+    if path.is_dir():
+        return pack_directory(path, limits), f"{path.name or 'project'}.zip"
+    if not path.is_file():
+        raise OperatorError(
+            f"{path} does not exist or is not a file or directory", code="submission.not_found"
+        )
+    cap = limits.max_total_bytes if path.suffix == ".py" else limits.max_compressed_bytes
+    size = path.stat().st_size
+    if size > cap:  # refuse before reading a huge file into memory
+        raise ArchiveError(
+            f"{path.name} is {size} bytes; the limit is {cap}", code="zip.too_large", file=path.name
+        )
+    return path.read_bytes(), path.name
+
+
+def load_submission(path: Path, limits: IntakeLimits | None = None) -> Submission:
+    """Intake from a ``.zip``, a single ``.py`` or a project directory."""
+    limits = limits or IntakeLimits()
+    data, filename = _read_path(Path(path), limits)
+    return load_submission_bytes(data, filename=filename, limits=limits)
+
+
+def check_submission(path: Path, limits: IntakeLimits | None = None) -> CheckReport:
+    """Like :func:`load_submission` but reports every static-gate problem instead of raising.
+
+    Archive and manifest errors stop intake early, so they appear as a single problem.
+    Operator errors (a path that does not exist) still raise.
+    """
+    limits = limits or IntakeLimits()
+    try:
+        data, filename = _read_path(Path(path), limits)
+        submission, problems = _run_intake(data, filename, limits)
+    except SubmissionError as exc:
+        return CheckReport(ok=False, submission=None, problems=[exc.to_problem()])
+    return CheckReport(ok=not problems, submission=submission, problems=problems)

@@ -1,0 +1,654 @@
+"""The PRISM validator: a loop over explicit state.
+
+Each step is a short pipeline of stage functions, each taking what the previous one produced:
+
+    sync (chain view) -> discover (new commitments) -> fetch (dendrite) -> intake + enqueue
+      -> evaluate (one queued run, sandboxed) -> score (pure) -> set weights (once per tempo)
+
+Everything the validator learns goes into the store (``prism.store``) before the next stage
+runs, so a validator killed at any point restarts from the store: runs that were in flight are
+re-queued, finished runs are never repeated, and the weights it sets are a pure function of the
+stored results and the block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prism import __version__
+from prism.chain import Chain, ChainError, Commitment, Metagraph, RateLimited
+from prism.chain.commitments import parse_commitment
+from prism.errors import OperatorError, PrismError
+from prism.manifest import MANIFEST_FILENAME, RecipeMode
+from prism.neuron_config import (
+    ChainConfig,
+    WalletConfig,
+    add_common_args,
+    chain_config,
+    setup_logging,
+    wallet_config,
+)
+from prism.profiles import Profile, load_profile
+from prism.scoring import ScoringPolicy, WeightResult, compute_weights, policy_for_profile
+from prism.store import DB_FILENAME, RunKey, Store
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_VERSION_KEY = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FetchConfig(_Strict):
+    timeout_s: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    max_concurrency: int = Field(default=8, ge=1)
+
+
+class WandbConfig(_Strict):
+    mode: Literal["off", "offline", "online"] = "off"
+    project: str = "prism-validator"
+    dir: Path | None = None
+
+
+class ValidatorConfig(_Strict):
+    """Everything the validator needs, built once at the entry point and passed down."""
+
+    netuid: int = Field(ge=0)
+    wallet: WalletConfig
+    chain: ChainConfig
+    state_dir: Path
+    profile: str = "gpu_proxy_eval"
+    data_dir: Path | None = Field(default=None, description="prepared token shards (prism data prepare)")
+    heldout_seed: int | None = Field(
+        default=None, description="held-out sampling seed; profile default if unset"
+    )
+    waive_reasons: tuple[str, ...] = Field(
+        default=(), description="ineligibility reasons scoring tolerates (local demo: profile.not_official)"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="infrastructure retries per run")
+    loop_interval_s: float = Field(default=5.0, gt=0)
+    fetch: FetchConfig = FetchConfig()
+    wandb: WandbConfig = WandbConfig()
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many loop steps (tests)")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage callbacks: logging and optional wandb, fed on each stage's end.
+
+
+class StageCallback(Protocol):
+    def on_stage_end(self, stage: str, payload: dict[str, Any]) -> None: ...
+
+
+class LoggingCallback:
+    def on_stage_end(self, stage: str, payload: dict[str, Any]) -> None:
+        if payload:
+            logger.info("%s: %s", stage, json.dumps(payload, sort_keys=True, default=str))
+
+
+class WandbCallback:
+    """Logs every stage's numbers to wandb (offline unless configured online)."""
+
+    def __init__(self, config: WandbConfig, *, hotkey: str) -> None:
+        import wandb  # optional at run time; only imported when enabled
+
+        self._run = wandb.init(
+            project=config.project,
+            mode=config.mode,
+            dir=str(config.dir) if config.dir else None,
+            config={"hotkey": hotkey, "prism": __version__},
+            reinit=True,
+        )
+
+    def on_stage_end(self, stage: str, payload: dict[str, Any]) -> None:
+        numbers = {f"{stage}/{k}": v for k, v in payload.items() if isinstance(v, int | float)}
+        if numbers:
+            self._run.log(numbers)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage data objects.
+
+
+@dataclass(frozen=True)
+class ChainView:
+    block: int
+    metagraph: Metagraph
+    commitments: dict[str, Commitment]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A committed submission the store has not seen yet."""
+
+    hotkey: str
+    uid: int
+    sha256: str
+    commit_block: int
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from one step to the next (all of it derivable from the store)."""
+
+    step: int = 0
+    last_weights_block: int | None = None
+    unreachable: dict[str, int] = field(default_factory=dict)  # hotkey -> block of last failed fetch
+
+
+# --------------------------------------------------------------------------------------------
+# Stages.
+
+
+def sync(chain: Chain) -> ChainView:
+    metagraph = chain.metagraph()
+    return ChainView(block=chain.block(), metagraph=metagraph, commitments=chain.commitments())
+
+
+def discover(view: ChainView, known: Callable[[str], bool], state: LoopState) -> list[Candidate]:
+    """Registered hotkeys whose latest commitment names a ZIP the store does not hold yet."""
+    by_hotkey = view.metagraph.by_hotkey()
+    found: list[Candidate] = []
+    for hotkey, commitment in sorted(view.commitments.items()):
+        neuron = by_hotkey.get(hotkey)
+        parsed = parse_commitment(commitment.data)
+        if neuron is None or not parsed.ok or known(parsed.sha256 or ""):
+            continue
+        retry_after = state.unreachable.get(hotkey)
+        if retry_after is not None and view.block < retry_after:
+            continue
+        found.append(Candidate(hotkey, neuron.uid, parsed.sha256 or "", commitment.block))
+    return found
+
+
+def fetch(candidates: list[Candidate], view: ChainView, dendrite_factory: Callable[[], Any]) -> list[Any]:
+    """Download every candidate concurrently (bounded, with timeouts); results in input order."""
+    if not candidates:
+        return []
+    by_hotkey = view.metagraph.by_hotkey()
+    targets = [(by_hotkey[c.hotkey], c.sha256) for c in candidates]
+
+    async def _fetch_all() -> list[Any]:
+        async with dendrite_factory() as dendrite:
+            return await dendrite.fetch_many(targets)
+
+    return asyncio.run(_fetch_all())
+
+
+def planned_runs(submission: Any, profile: Profile) -> list[RunKey]:
+    """The evaluation cells a submission needs under ``profile``.
+
+    Architecture competitors (``full``, ``architecture_only``) get reference-recipe runs at every
+    regime and seed. Training competitors get submitted-recipe runs: every ``training_for_arch``,
+    and a ``full`` submission that defines at least one training hook (without hooks its recipe
+    is metadata only, and its reference runs already measure it).
+    """
+    cells = [(r.name, s) for r in profile.regimes for s in profile.seeds]
+    modes: list[RecipeMode] = []
+    if submission.kind in ("full", "architecture_only"):
+        modes.append("reference")
+    hooks = set(submission.hooks) & TRAINING_HOOKS
+    if submission.kind == "training_for_arch" or (submission.kind == "full" and hooks):
+        modes.append("submitted")
+    return [
+        RunKey(
+            zip_sha256=submission.zip_sha256,
+            profile=profile.name,
+            profile_version=profile.version,
+            regime=regime,
+            seed=seed,
+            recipe_mode=mode,
+        )
+        for mode in modes
+        for regime, seed in cells
+    ]
+
+
+def intake(results: list[Any], candidates: list[Candidate], store: Store, profile: Profile, state: LoopState,
+           block: int) -> dict[str, Any]:  # fmt: skip
+    """Store fetched ZIPs, run intake, record verdicts and queue the runs each submission needs."""
+    from prism.submission import SubmissionError, load_submission_bytes
+
+    counts = {"fetched": 0, "rejected": 0, "unreachable": 0, "miner_fault": 0, "queued_runs": 0}
+    for candidate, result in zip(candidates, results, strict=True):
+        if not result.ok:
+            if result.is_miner_fault:
+                counts["miner_fault"] += 1
+                store.upsert_submission(
+                    hotkey=candidate.hotkey,
+                    zip_sha256=candidate.sha256,
+                    commit_block=candidate.commit_block,
+                    kind="full",
+                    uid=candidate.uid,
+                )
+                store.record_intake(candidate.sha256, ok=False, codes=[result.code or "net.fetch_failed"])
+            else:  # unreachable or not serving yet: try again a few blocks later, never penalized
+                counts["unreachable"] += 1
+                state.unreachable[candidate.hotkey] = block + UNREACHABLE_BACKOFF_BLOCKS
+            logger.info("fetch %s from %s: %s (%s)", candidate.sha256[:12], candidate.hotkey[:10],
+                        result.status, result.message)  # fmt: skip
+            continue
+        counts["fetched"] += 1
+        state.unreachable.pop(candidate.hotkey, None)
+        zip_path = store.put_blob(result.data, expected_sha256=candidate.sha256)
+        try:
+            submission = load_submission_bytes(result.data)
+        except SubmissionError as exc:
+            counts["rejected"] += 1
+            store.upsert_submission(
+                hotkey=candidate.hotkey,
+                zip_sha256=candidate.sha256,
+                commit_block=candidate.commit_block,
+                kind="full",
+                uid=candidate.uid,
+            )
+            store.record_intake(candidate.sha256, ok=False, codes=[exc.code], zip_path=zip_path)
+            logger.info("intake rejected %s from %s: %s", candidate.sha256[:12], candidate.hotkey[:10], exc)
+            continue
+        store.upsert_submission(
+            hotkey=candidate.hotkey,
+            zip_sha256=candidate.sha256,
+            commit_block=candidate.commit_block,
+            kind=submission.kind,
+            uid=candidate.uid,
+            target_architecture_id=submission.architecture_id,
+            training_fingerprint=submission.training_fingerprint,
+        )
+        store.record_intake(candidate.sha256, ok=True, zip_path=zip_path)
+        counts["queued_runs"] += store.enqueue_runs(planned_runs(submission, profile))
+    return counts
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    profile: Profile
+    data_dir: Path
+    runs_dir: Path
+    heldout_seed: int | None
+    max_attempts: int
+
+
+def evaluate_next(store: Store, settings: EvaluationSettings, evaluate: Callable[..., list[Any]],
+                  stop: threading.Event) -> dict[str, Any]:  # fmt: skip
+    """Claim one queued run, evaluate it in the sandbox and record the outcome. {} when idle."""
+    from prism.submission import SubmissionError
+
+    key = store.claim_next_run()
+    if key is None:
+        return {}
+    attempt = next(r.attempts for r in store.runs(key.zip_sha256) if r.key == key) - 1
+    logger.info("evaluating %s %s/%s seed %d (%s, attempt %d)", key.zip_sha256[:12], key.profile, key.regime,
+                key.seed, key.recipe_mode, attempt)  # fmt: skip
+    started = time.monotonic()
+    try:
+        manifests = evaluate(
+            store.blob_path(key.zip_sha256),
+            profile=settings.profile,
+            data_dir=settings.data_dir,
+            out_dir=settings.runs_dir,
+            recipe_mode=key.recipe_mode,
+            regimes=[key.regime],
+            seeds=[key.seed],
+            heldout_seed=settings.heldout_seed,
+            attempt=attempt,
+            progress=False,
+        )
+    except SubmissionError as exc:
+        store.fail_run(key, code=exc.code, fault="miner", message=exc.message, retry=False)
+        return {"run": key.regime, "state": "failed", "code": exc.code}
+    except PrismError as exc:
+        state = store.fail_run(key, code=exc.code, fault="infrastructure", message=exc.message,
+                               retry=not stop.is_set() or True, max_attempts=settings.max_attempts)  # fmt: skip
+        return {"run": key.regime, "state": state, "code": exc.code}
+    manifest = manifests[0]
+    path = settings.runs_dir / manifest.run_id / MANIFEST_FILENAME
+    failure = manifest.status.failure
+    if failure is not None and failure.fault == "infrastructure":
+        state = store.fail_run(key, code=failure.code, fault="infrastructure", message=failure.message,
+                               retry=True, max_attempts=settings.max_attempts)  # fmt: skip
+        return {"run": key.regime, "state": state, "code": failure.code}
+    store.finish_run(key, path, hashlib.sha256(path.read_bytes()).hexdigest())
+    if manifest.submission.family_id and manifest.submission.version_id:
+        store.set_identity(key.zip_sha256, family_id=manifest.submission.family_id,
+                           version_id=manifest.submission.version_id)  # fmt: skip
+    return {
+        "run": manifest.run_id,
+        "state": manifest.status.state,
+        "heldout_bpb": manifest.metrics.heldout_bpb,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def score(store: Store, policy: ScoringPolicy, view: ChainView) -> WeightResult:
+    records = store.records_for_scoring(policy.profile, policy.profile_version)
+    result = compute_weights(records, policy, view.metagraph.hotkey_to_uid, view.block)
+    store.record_standings(result.leaderboard)
+    store.record_ownership_events(result.events)
+    return result
+
+
+def weights_due(view: ChainView, chain: Chain, hotkey: str, state: LoopState) -> bool:
+    """Once per tempo, and never inside the chain's weights rate limit."""
+    since = chain.blocks_since_last_update(hotkey)
+    if since is not None and since < max(chain.weights_rate_limit(), 1):
+        return False
+    if state.last_weights_block is None:
+        return True
+    return view.block - state.last_weights_block >= chain.tempo()
+
+
+def set_weights(chain: Chain, wallet: Any, result: WeightResult, store: Store, view: ChainView,
+                state: LoopState) -> dict[str, Any]:  # fmt: skip
+    if not result.weights:
+        return {"set": 0, "reason": "nothing scored"}
+    try:
+        block = chain.set_weights(wallet, dict(result.weights), WEIGHTS_VERSION_KEY)
+    except RateLimited as exc:
+        return {"set": 0, "reason": exc.code}
+    store.record_weights(block, result.weights, profile_key=result.leaderboard.profile_key,
+                         rules_version=result.leaderboard.rules_version)  # fmt: skip
+    state.last_weights_block = block
+    return {"set": 1, "block": block, "uids": len(result.weights)}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclass
+class ValidatorParts:
+    """Everything the loop talks to, built once from the config (tests inject their own)."""
+
+    config: ValidatorConfig
+    chain: Chain
+    wallet: Any
+    hotkey: str
+    store: Store
+    profile: Profile
+    policy: ScoringPolicy
+    data_dir: Path
+    evaluate: Callable[..., list[Any]]
+    dendrite_factory: Callable[[], Any]
+    callbacks: list[StageCallback] = field(default_factory=list)
+
+
+def _emit(parts: ValidatorParts, stage: str, payload: dict[str, Any]) -> None:
+    for callback in parts.callbacks:
+        callback.on_stage_end(stage, payload)
+
+
+def step(parts: ValidatorParts, state: LoopState, stop: threading.Event) -> LoopState:
+    """One pass over the pipeline. Chain and network trouble skips the stage, never the loop."""
+    state.step += 1
+    try:
+        view = sync(parts.chain)
+    except ChainError as exc:
+        logger.warning("chain sync failed (%s); retrying next step", exc)
+        return state
+    known = {row["zip_sha256"] for row in parts.store.submissions() if row["intake_ok"] is not None}
+    candidates = discover(view, lambda sha: sha in known, state)
+    copies = [c for c in candidates if parts.store.blob_path(c.sha256).exists()]
+    fresh = [c for c in candidates if c not in copies]
+    results = fetch(fresh, view, parts.dendrite_factory)
+    _emit(parts, "fetch", intake(results, fresh, parts.store, parts.profile, state, view.block))
+    _register_copies(copies, parts.store, parts.profile)
+    if not stop.is_set():
+        _emit(parts, "evaluate", evaluate_next(parts.store, _settings(parts), parts.evaluate, stop))
+    result = score(parts.store, parts.policy, view)
+    _emit(parts, "score", {"families": len(result.leaderboard.families), "scored_uids": len(result.weights)})
+    if weights_due(view, parts.chain, parts.hotkey, state):
+        try:
+            _emit(parts, "weights", set_weights(parts.chain, parts.wallet, result, parts.store, view, state))
+        except ChainError as exc:
+            logger.warning("set_weights failed (%s); retrying next step", exc)
+    write_status(parts.config.state_dir, _status(parts, view, state))
+    return state
+
+
+def _register_copies(copies: list[Candidate], store: Store, profile: Profile) -> None:
+    """A hash the store already holds (another hotkey's bytes): no download, same verdict."""
+    from prism.submission import SubmissionError, load_submission_bytes
+
+    for candidate in copies:
+        data = store.blob_path(candidate.sha256).read_bytes()
+        try:
+            submission = load_submission_bytes(data)
+        except SubmissionError as exc:
+            store.upsert_submission(
+                hotkey=candidate.hotkey,
+                zip_sha256=candidate.sha256,
+                commit_block=candidate.commit_block,
+                kind="full",
+                uid=candidate.uid,
+            )
+            store.record_intake(candidate.sha256, ok=False, codes=[exc.code])
+            continue
+        store.upsert_submission(hotkey=candidate.hotkey, zip_sha256=candidate.sha256,
+                                commit_block=candidate.commit_block, kind=submission.kind, uid=candidate.uid,
+                                target_architecture_id=submission.architecture_id,
+                                training_fingerprint=submission.training_fingerprint)  # fmt: skip
+        store.record_intake(candidate.sha256, ok=True)
+        store.enqueue_runs(planned_runs(submission, profile))
+
+
+def _settings(parts: ValidatorParts) -> EvaluationSettings:
+    return EvaluationSettings(
+        profile=parts.profile,
+        data_dir=parts.data_dir,
+        runs_dir=parts.config.state_dir / "runs",
+        heldout_seed=parts.config.heldout_seed,
+        max_attempts=parts.config.max_attempts,
+    )
+
+
+def _status(parts: ValidatorParts, view: ChainView, state: LoopState) -> dict[str, Any]:
+    runs = parts.store.runs()
+    by_state: dict[str, int] = {}
+    for run in runs:
+        by_state[run.state] = by_state.get(run.state, 0) + 1
+    last = parts.store.last_weights()
+    return {
+        "hotkey": parts.hotkey,
+        "block": view.block,
+        "step": state.step,
+        "submissions": len(parts.store.submissions()),
+        "runs": by_state,
+        "pending_runs": by_state.get("queued", 0) + by_state.get("running", 0),
+        "last_weights_block": last[0] if last else None,
+        "last_weights": {str(uid): w for uid, w in (last[1] if last else {}).items()},
+        "updated_at": time.time(),
+    }
+
+
+def build_parts(config: ValidatorConfig) -> ValidatorParts:
+    """Open the chain, wallet, store and data the config names; fail early with clear errors."""
+    from prism.chain import open_chain
+    from prism.chain.wallets import hotkey_ss58, load_wallet
+    from prism.evaluator.host import evaluate
+    from prism.net.dendrite import Dendrite, DendriteConfig
+
+    wallet = load_wallet(config.wallet.name, config.wallet.hotkey, config.wallet.path)
+    hotkey = hotkey_ss58(wallet)
+    chain = open_chain(config.chain.kind, netuid=config.netuid, path=config.chain.path,
+                       network=config.chain.network, endpoint=config.chain.endpoint)  # fmt: skip
+    neuron = chain.metagraph().neuron(hotkey)
+    if neuron is None:
+        raise OperatorError(
+            f"hotkey {hotkey} is not registered on subnet {config.netuid}; register it first",
+            code="validator.not_registered",
+        )
+    if not neuron.validator_permit:
+        logger.warning("hotkey %s has no validator permit: miners may refuse its requests", hotkey)
+    profile = load_profile(config.profile)
+    data_dir = _resolve_data_dir(config, profile)
+    store = Store.open(config.state_dir / DB_FILENAME)
+    policy = policy_for_profile(profile, waived_reasons=frozenset(config.waive_reasons))
+    dendrite_config = DendriteConfig(timeout_s=config.fetch.timeout_s, retries=config.fetch.retries,
+                                     max_concurrency=config.fetch.max_concurrency)  # fmt: skip
+    callbacks: list[StageCallback] = [LoggingCallback()]
+    if config.wandb.mode != "off":
+        callbacks.append(WandbCallback(config.wandb, hotkey=hotkey))
+    return ValidatorParts(
+        config=config, chain=chain, wallet=wallet, hotkey=hotkey, store=store, profile=profile,
+        policy=policy, data_dir=data_dir, evaluate=evaluate,
+        dendrite_factory=lambda: Dendrite(wallet, dendrite_config), callbacks=callbacks,
+    )  # fmt: skip
+
+
+def _resolve_data_dir(config: ValidatorConfig, profile: Profile) -> Path:
+    from prism.data import ensure_offline_corpus, verify_data_dir
+
+    if config.data_dir is not None:
+        verify_data_dir(config.data_dir)
+        return config.data_dir
+    if profile.official:
+        raise OperatorError(
+            f"profile {profile.name} needs prepared FineWeb-Edu shards: pass --data DIR "
+            "(see docs/validator.md, `prism data prepare`)",
+            code="validator.no_data",
+        )
+    target = config.state_dir / "data" / f"offline-{profile.tokenizer}"
+    ensure_offline_corpus(target, tokenizer=profile.tokenizer)
+    return target
+
+
+def run(
+    config: ValidatorConfig, *, parts: ValidatorParts | None = None, stop: threading.Event | None = None
+) -> int:
+    """Run the validator until stopped (SIGTERM/SIGINT) or ``config.max_steps``."""
+    stop = stop or threading.Event()
+    parts = parts or build_parts(config)
+    requeued = parts.store.requeue_interrupted()
+    last = parts.store.last_weights()
+    state = LoopState(last_weights_block=last[0] if last else None)
+    logger.info("validator %s on netuid %d, profile %s (%d runs re-queued)", parts.hotkey, config.netuid,
+                parts.profile.key, requeued)  # fmt: skip
+    try:
+        while not stop.is_set():
+            state = step(parts, state, stop)
+            if config.max_steps is not None and state.step >= config.max_steps:
+                break
+            if not any(run.state == "queued" for run in parts.store.runs()):
+                stop.wait(config.loop_interval_s)  # idle: poll the chain again later
+    finally:
+        for callback in parts.callbacks:
+            close = getattr(callback, "close", None)
+            if close is not None:
+                close()
+        parts.store.close()
+    return 0
+
+
+TRAINING_HOOKS = frozenset({"configure_optimizer", "compute_loss", "train_step", "inference_logits", "infer"})
+UNREACHABLE_BACKOFF_BLOCKS = 5
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM / SIGINT end the loop after the current stage; a second signal is immediate."""
+
+    def _handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.info("signal %d: stopping after the current stage", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _handler)
+
+
+def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+    """A small JSON status file (atomic) for operators and ``prism localnet`` to watch."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / "status.json.tmp"
+    tmp.write_text(json.dumps(status, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    tmp.replace(state_dir / "status.json")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurons/validator.py", description="PRISM validator")
+    add_common_args(parser)
+    parser.add_argument("--neuron.state_dir", dest="state_dir", default="~/.prism/validator",
+                        help="store, fetched ZIPs, run manifests and artifacts")  # fmt: skip
+    parser.add_argument(
+        "--profile", default="gpu_proxy_eval", help="evaluation profile (see docs/evaluator.md)"
+    )
+    parser.add_argument(
+        "--data", dest="data_dir", default=None, help="prepared token shards (prism data prepare)"
+    )
+    parser.add_argument(
+        "--heldout_seed", type=int, default=None, help="seed of this validator's held-out windows"
+    )
+    parser.add_argument("--scoring.waive", dest="waive", action="append", default=[],
+                        help="ineligibility reason to tolerate (local demos: profile.not_official)")  # fmt: skip
+    parser.add_argument("--max_attempts", type=int, default=3, help="infrastructure retries per run")
+    parser.add_argument("--loop_interval", type=float, default=5.0, help="seconds between idle steps")
+    parser.add_argument("--max_steps", type=int, default=None, help="stop after N loop steps")
+    parser.add_argument("--fetch.timeout", dest="fetch_timeout", type=float, default=30.0)
+    parser.add_argument("--fetch.concurrency", dest="fetch_concurrency", type=int, default=8)
+    parser.add_argument("--wandb.off", dest="wandb_off", action="store_true", help="disable wandb logging")
+    parser.add_argument("--wandb.mode", dest="wandb_mode", choices=("offline", "online"), default="offline")
+    parser.add_argument("--wandb.project", dest="wandb_project", default="prism-validator")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
+    state_dir = Path(args.state_dir).expanduser()
+    return ValidatorConfig(
+        netuid=args.netuid,
+        wallet=wallet_config(args),
+        chain=chain_config(args),
+        state_dir=state_dir,
+        profile=args.profile,
+        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        heldout_seed=args.heldout_seed,
+        waive_reasons=tuple(args.waive),
+        max_attempts=args.max_attempts,
+        loop_interval_s=args.loop_interval,
+        max_steps=args.max_steps,
+        fetch=FetchConfig(timeout_s=args.fetch_timeout, max_concurrency=args.fetch_concurrency),
+        wandb=WandbConfig(
+            mode="off" if args.wandb_off else args.wandb_mode, project=args.wandb_project, dir=state_dir
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``neurons/validator.py`` and ``python -m prism.validator``."""
+    args = build_arg_parser().parse_args(argv)
+    setup_logging(args.logging_debug)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # pydantic validation of the flags
+        print(f"error: invalid flags: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    try:
+        return run(config, stop=stop)
+    except PrismError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,431 @@
+"""Table tests with literal manifests: runs, gates, both competitions, pools and weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from prism_test_manifests import PROFILE, PROFILE_VERSION, REGIMES, SEEDS, full_grid, grid, make_manifest, sha
+
+from prism.profiles import load_profile
+from prism.scoring import (
+    ELIGIBILITY_REASONS,
+    ScoringPolicy,
+    SubmissionRecord,
+    beats,
+    compute_weights,
+    policy_for_profile,
+    rules_at_block,
+)
+from prism.scoring.reasons import ALL_REASONS
+
+UIDS = {"alice": 1, "bob": 2, "carol": 3, "dave": 4, "erin": 5, "frank": 6}
+
+
+def policy(**overrides: Any) -> ScoringPolicy:
+    return ScoringPolicy(
+        profile=PROFILE, profile_version=PROFILE_VERSION, required_regimes=REGIMES, required_seeds=SEEDS, **overrides
+    )
+
+
+def record(
+    label: str,
+    hotkey: str,
+    block: int,
+    runs: list,
+    *,
+    kind: str = "architecture_only",
+    family: str | None = "fam",
+    version: str | None = "ver",
+    **kwargs: Any,
+) -> SubmissionRecord:
+    return SubmissionRecord(
+        hotkey=hotkey,
+        commit_block=block,
+        zip_sha256=sha(label),
+        kind=kind,
+        family_id=family,
+        version_id=version,
+        runs=tuple(runs),
+        **kwargs,
+    )
+
+
+def arch(label: str, hotkey: str, block: int, bpb: float, *, family: str, version: str, **kw: Any):
+    """An architecture submission whose four reference cells all score ``bpb``."""
+    runs = full_grid(label, grid((bpb, bpb), (bpb, bpb)), family=family, version=version, **kw.pop("mk", {}))
+    return record(label, hotkey, block, runs, family=family, version=version, **kw)
+
+
+def reasons_of(result, hotkey: str) -> tuple[str, ...]:
+    return next(s.reasons for s in result.leaderboard.submissions if s.hotkey == hotkey)
+
+
+# --- worked example of docs/scoring.md --------------------------------------------------------
+
+
+def worked_example() -> list[SubmissionRecord]:
+    f1a, f1b = {"family": "F1", "version": "F1.a"}, {"family": "F1", "version": "F1.b"}
+    alice_ref = full_grid("alice", grid((1.30, 1.32), (1.20, 1.22)), **f1a)
+    alice_sub = full_grid("alice", grid((1.28, 1.29), (1.18, 1.19)), mode="submitted", **f1a)
+    bob = full_grid("bob", grid((1.30, 1.32), (1.20, 1.22)), **f1a)
+    carol = full_grid("carol", grid((1.298, 1.318), (1.198, 1.218)), family="F2", version="F2.a")
+    dave = full_grid("dave", grid((1.29, 1.31), (1.19, 1.21)), **f1b)
+    erin = full_grid("erin", grid((1.25, 1.26), (1.15, 1.16)), mode="submitted", **f1b)
+    frank = full_grid("frank", grid((1.0, 1.0), (1.0, 1.0)), mode="submitted", **f1b)
+    return [
+        record("alice", "alice", 100, alice_ref + alice_sub, kind="full", training_fingerprint=sha("t-a"), **f1a),
+        record("bob", "bob", 120, bob, **f1a),
+        record("carol", "carol", 130, carol, family="F2", version="F2.a"),
+        record("dave", "dave", 140, dave, **f1b),
+        record(
+            "erin", "erin", 150, erin, kind="training_for_arch", target_architecture_id="F1",
+            training_fingerprint=sha("t-e"), **f1b,
+        ),
+        record(
+            "frank", "frank", 160, frank, kind="training_for_arch", target_architecture_id="F2",
+            training_fingerprint=sha("t-f"), **f1b,
+        ),
+    ]  # fmt: skip
+
+
+def test_worked_example_numbers() -> None:
+    result = compute_weights(worked_example(), policy(), UIDS, block=200)
+    board = result.leaderboard
+    families = {f.family_id: f for f in board.families}
+    # F1: founded by alice, canonical moved to dave's F1.b (1.25 < 1.26 - max(0.002, 0.002*1.26)).
+    assert families["F1"].owner_hotkey == "alice"
+    assert families["F1"].canonical_version_id == "F1.b"
+    assert families["F1"].heldout_bpb == pytest.approx(1.25)
+    assert families["F1"].leader
+    # F2 at 1.258 beat the leader's 1.26 by 0.002 < max(0.005, 0.005*1.26) = 0.0063: no lead.
+    assert families["F2"].heldout_bpb == pytest.approx(1.258)
+    assert not families["F2"].leader
+    variants = {v.hotkey: v for v in board.variants}
+    stderr = math.sqrt(4 * 0.005**2 / 3) / 2
+    assert variants["alice"].improvement_bpb == pytest.approx(0.025)
+    assert variants["alice"].margin_bpb == pytest.approx(2.0 * stderr)
+    assert variants["alice"].qualifies
+    assert variants["erin"].improvement_bpb == pytest.approx(0.045)
+    assert variants["erin"].best and not variants["alice"].best
+    assert result.weights == pytest.approx({1: 0.6, 5: 0.4})
+    assert "copy.version" in reasons_of(result, "bob")
+    assert "copy.family" in reasons_of(result, "dave")
+    assert reasons_of(result, "frank") == ("training.target_mismatch",)
+    kinds = [(e.kind, e.hotkey) for e in result.events]
+    assert kinds == [
+        ("family_founded", "alice"),
+        ("canonical_version", "alice"),
+        ("architecture_lead", "alice"),
+        ("training_best", "alice"),
+        ("family_founded", "carol"),
+        ("canonical_version", "carol"),
+        ("canonical_version", "dave"),
+        ("training_best", "erin"),
+    ]
+
+
+def test_worked_example_unclaimed_rules() -> None:
+    without_erin = {k: v for k, v in UIDS.items() if k != "erin"}
+    redistributed = compute_weights(worked_example(), policy(), without_erin, block=200)
+    assert redistributed.weights == pytest.approx({1: 1.0})
+    assert "owner.deregistered" in reasons_of(redistributed, "erin")
+    burned = compute_weights(worked_example(), policy(unclaimed_rule="burn"), without_erin, block=200)
+    assert burned.weights == pytest.approx({0: 0.4, 1: 0.6})
+    assert burned.leaderboard.unclaimed_share == pytest.approx(0.4)
+
+
+# --- ranking and tie-breaks --------------------------------------------------------------------
+
+
+def test_better_family_beyond_margin_takes_lead_and_ranks_first() -> None:
+    records = [
+        arch("a", "alice", 10, 1.30, family="A", version="A1"),
+        arch("b", "bob", 11, 1.20, family="B", version="B1"),
+        arch("c", "carol", 12, 1.25, family="C", version="C1"),
+    ]
+    result = compute_weights(records, policy(), UIDS, block=50)
+    assert result.leaderboard.leader_family_id == "B"
+    assert result.weights == {2: 1.0}  # no training variants: the training share follows the arch pool
+    linear = compute_weights(records, policy(pool_policy="top_k_linear", top_k=3), UIDS, block=50)
+    # ranks B (1.20), C (1.25), A (1.30) get 3:2:1 of the architecture pool, renormalized.
+    assert linear.weights == pytest.approx({2: 3 / 6, 3: 2 / 6, 1: 1 / 6})
+
+
+def test_near_tie_is_broken_by_probe_bpb() -> None:
+    zero = policy(family_margin_bpb=0.0, family_margin_rel=0.0, tie_tolerance_bpb=0.001)
+    incumbent = arch("a", "alice", 10, 1.2000, family="A", version="A1", mk={"probe": 1.30})
+    better_probe = arch("b", "bob", 11, 1.2004, family="B", version="B1", mk={"probe": 1.25})
+    worse_probe = arch("c", "carol", 11, 1.2004, family="C", version="C1", mk={"probe": 1.35})
+    assert compute_weights([incumbent, better_probe], zero, UIDS, 20).leaderboard.leader_family_id == "B"
+    assert compute_weights([incumbent, worse_probe], zero, UIDS, 20).leaderboard.leader_family_id == "A"
+
+
+def test_exact_tie_keeps_the_earliest_commit_then_lowest_hotkey() -> None:
+    zero = policy(family_margin_bpb=0.0, family_margin_rel=0.0, tie_tolerance_bpb=0.0)
+    late = arch("a", "alice", 11, 1.2, family="A", version="A1")
+    early = arch("b", "bob", 10, 1.2, family="B", version="B1")
+    assert compute_weights([late, early], zero, UIDS, 20).leaderboard.leader_family_id == "B"
+    same_block = arch("c", "carol", 10, 1.2, family="C", version="C1")
+    assert compute_weights([same_block, early], zero, UIDS, 20).leaderboard.leader_family_id == "B"
+
+
+def test_beats_is_strict_at_margin() -> None:
+    assert beats((1.0, 1.0), (1.1, 1.0), margin=0.05, tolerance=0.0)
+    assert not beats((1.06, 1.0), (1.1, 1.0), margin=0.05, tolerance=0.0)
+
+
+# --- gates and run outcomes ---------------------------------------------------------------------
+
+GATE_CASES = {
+    "gate.nonfinite_loss": {"heldout": None, "nonfinite_loss": True},
+    "gate.smuggled_weights": {"first_probe_nats": 0.49 * math.log(257)},
+    "gate.params_changed_during_eval": {"diagnostics": {"params_changed_during_eval": True}},
+    "gate.train_heldout_gap": {"train_heldout_gap_bpb": 0.3},
+}
+
+
+@pytest.mark.parametrize("code", sorted(GATE_CASES))
+def test_each_gate_fails_the_cell_and_the_submission(code: str) -> None:
+    runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
+    runs[0] = make_manifest("a", regime=runs[0].regime.name, seed=runs[0].seed, family="A", version="A1", **{
+        "heldout": 1.2, **GATE_CASES[code]
+    })  # fmt: skip
+    result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
+    assert result.weights == {}
+    submission = result.leaderboard.submissions[0]
+    assert "cell.failed" in submission.reasons
+    assert code in next(v.reasons for v in submission.runs if v.outcome == "failed")
+
+
+def test_gate_also_caught_from_hashes_and_derived_gap() -> None:
+    hashes = {"diagnostics": {"params_sha256_before_eval": sha("x"), "params_sha256_after_eval": sha("y")}}
+    for extra, code in ((hashes, "gate.params_changed_during_eval"), ({"train_bpb": 0.9}, "gate.train_heldout_gap")):
+        runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1", **extra)
+        result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
+        assert code in result.leaderboard.submissions[0].runs[0].reasons
+
+
+def test_smuggle_threshold_uses_the_tokenizer_vocab() -> None:
+    at_threshold = 0.5 * math.log(50257)
+    ok = full_grid("a", grid((1.2,) * 2, (1.2,) * 2), family="A", version="A1", vocab=50257, first_probe_nats=at_threshold)
+    bad = full_grid("b", grid((1.2,) * 2, (1.2,) * 2), family="B", version="B1", vocab=50257, first_probe_nats=at_threshold - 0.01)
+    result = compute_weights(
+        [record("a", "alice", 1, ok, family="A", version="A1"), record("b", "bob", 2, bad, family="B", version="B1")],
+        policy(), UIDS, 5,
+    )  # fmt: skip
+    assert result.weights == {1: 1.0}
+    assert "cell.failed" in reasons_of(result, "bob")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"isolation": "degraded"}, "isolation.degraded"),
+        ({"profile": (PROFILE, 2, True)}, "profile.mismatch"),
+        ({"profile": ("other", PROFILE_VERSION, True)}, "profile.mismatch"),
+        ({"profile": (PROFILE, PROFILE_VERSION, False)}, "profile.not_official"),
+        ({"failure": ("sandbox.crashed", "infrastructure")}, "run.infrastructure_failure"),
+        ({"heldout": None}, "run.incomplete"),
+    ],
+)
+def test_validator_side_problems_leave_the_cell_open(kwargs: dict, code: str) -> None:
+    runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
+    runs[0] = make_manifest("a", regime="large", seed=0, family="A", version="A1", **{"heldout": 1.2, **kwargs})
+    result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
+    submission = result.leaderboard.submissions[0]
+    assert result.weights == {}
+    assert submission.reasons == ("cell.missing",)
+    assert code in submission.runs[0].reasons and submission.runs[0].outcome == "ignored"
+    # redoing the run properly completes the cell
+    fixed = [*runs, make_manifest("a", regime="large", seed=0, family="A", version="A1", heldout=1.2, run_id="z")]
+    result = compute_weights([record("a", "alice", 1, fixed, family="A", version="A1")], policy(), UIDS, 5)
+    assert result.weights == {1: 1.0}
+
+
+def test_miner_failure_cannot_be_washed_out_by_a_retry() -> None:
+    runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
+    runs.append(make_manifest("a", regime="large", seed=0, family="A", version="A1", failure=("model.oom", "miner"), run_id="0"))
+    result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
+    assert result.weights == {}
+    assert "run.miner_failure" in result.leaderboard.submissions[0].runs[0].reasons
+    assert result.leaderboard.submissions[0].runs[0].failure_code == "model.oom"
+
+
+def test_evaluator_reasons_are_honoured_and_waivable() -> None:
+    assert "profile.not_official" in ELIGIBILITY_REASONS
+    smoke = {"profile": (PROFILE, PROFILE_VERSION, False), "reasons": ("profile.not_official",)}
+    runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1", **smoke)
+    records = [record("a", "alice", 1, runs, family="A", version="A1")]
+    assert compute_weights(records, policy(), UIDS, 5).weights == {}
+    waived = policy(waived_reasons=frozenset({"profile.not_official"}))
+    assert compute_weights(records, waived, UIDS, 5).weights == {1: 1.0}
+    unknown = full_grid("b", grid((1.2, 1.2), (1.2, 1.2)), family="B", version="B1", reasons=("gate.future_check",))
+    result = compute_weights([record("b", "bob", 1, unknown, family="B", version="B1")], waived, UIDS, 5)
+    assert result.weights == {} and "cell.failed" in result.leaderboard.submissions[0].reasons
+
+
+def test_missing_regime_means_no_partial_credit() -> None:
+    runs = [m for m in full_grid("a", grid((1.0, 1.0), (1.0, 1.0)), family="A", version="A1") if m.regime.name == "small"]
+    slow = arch("b", "bob", 2, 1.5, family="B", version="B1")
+    result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1"), slow], policy(), UIDS, 5)
+    assert result.leaderboard.leader_family_id == "B"
+    assert reasons_of(result, "alice") == ("cell.missing",)
+    assert result.weights == {2: 1.0}
+
+
+def test_intake_rejection_and_unknown_identity_score_nothing() -> None:
+    rejected = arch("a", "alice", 1, 1.0, family="A", version="A1", intake_ok=False)
+    unknown = record("b", "bob", 2, [], family=None, version=None)
+    result = compute_weights([rejected, unknown], policy(), UIDS, 5)
+    assert result.weights == {}
+    assert reasons_of(result, "alice") == ("intake.rejected",)
+    assert reasons_of(result, "bob") == ("submission.no_family",)
+
+
+# --- copies, families, versions -----------------------------------------------------------------
+
+
+def test_exact_copy_submitted_later_earns_nothing() -> None:
+    original = arch("same", "alice", 10, 1.3, family="A", version="A1")
+    copy = arch("same", "bob", 11, 1.3, family="A", version="A1")
+    result = compute_weights([copy, original], policy(), UIDS, 20)
+    assert result.weights == {1: 1.0}
+    assert reasons_of(result, "bob") == ("copy.exact",)
+
+
+def test_renamed_copy_in_same_family_earns_nothing() -> None:
+    original = arch("a", "alice", 10, 1.3, family="A", version="A1")
+    renamed = arch("b", "bob", 11, 1.3, family="A", version="A2")  # other sizes/names, same topology
+    result = compute_weights([original, renamed], policy(), UIDS, 20)
+    assert result.weights == {1: 1.0}
+    assert "copy.family" in reasons_of(result, "bob")
+    assert result.leaderboard.families[0].canonical_version_id == "A1"
+
+
+def test_better_version_becomes_canonical_but_ownership_stays() -> None:
+    original = arch("a", "alice", 10, 1.30, family="A", version="A1")
+    better = arch("b", "bob", 11, 1.20, family="A", version="A2")
+    rival = arch("c", "carol", 12, 1.25, family="C", version="C1")
+    result = compute_weights([original, better, rival], policy(), UIDS, 20)
+    family = next(f for f in result.leaderboard.families if f.family_id == "A")
+    assert (family.owner_hotkey, family.canonical_version_id, family.leader) == ("alice", "A2", True)
+    assert result.weights == {1: 1.0}  # C (1.25) would have beaten A1 (1.30) but not the canonical A2
+    assert [e.kind for e in result.events if e.hotkey == "bob"] == ["canonical_version"]
+
+
+def test_family_owner_is_the_first_scored_submission() -> None:
+    pending = record("a", "alice", 10, [], family="A", version="A1")
+    later = arch("b", "bob", 11, 1.3, family="A", version="A2")
+    assert compute_weights([pending, later], policy(), UIDS, 20).weights == {2: 1.0}
+    done = arch("a", "alice", 10, 1.31, family="A", version="A1")
+    assert compute_weights([done, later], policy(), UIDS, 20).weights == {1: 1.0}
+
+
+# --- training competition ------------------------------------------------------------------------
+
+
+def training_setup(variant_small: tuple[float, float], variant_large: tuple[float, float], **kw: Any):
+    base = arch("a", "alice", 10, 1.2, family="A", version="A1")
+    variant = full_grid("t", grid(variant_small, variant_large), mode="submitted", family="A", version="A1")
+    trainer = record(
+        "t", "erin", 20, variant, kind="training_for_arch", family="A", version="A1",
+        target_architecture_id=kw.pop("target", "A"), training_fingerprint=sha("t"),
+    )  # fmt: skip
+    return [base, trainer]
+
+
+def test_training_variant_below_margin_does_not_take_the_lead() -> None:
+    # improvement 0.002 on a 1.2 baseline: margin max(0.002, 0.0024, 0) = 0.0024
+    result = compute_weights(training_setup((1.198, 1.198), (1.198, 1.198)), policy(), UIDS, 30)
+    assert not result.leaderboard.variants[0].qualifies
+    assert "training.below_margin" in reasons_of(result, "erin")
+    assert result.weights == {1: 1.0}
+    # a noisy variant: mean improvement 0.01 but seed spread makes z*stderr larger
+    noisy = compute_weights(training_setup((1.17, 1.21), (1.18, 1.2)), policy(), UIDS, 30)
+    variant = noisy.leaderboard.variants[0]
+    assert variant.improvement_bpb == pytest.approx(0.01)
+    assert variant.margin_bpb == pytest.approx(2.0 * math.sqrt((0.02**2 * 2 + 0.01**2 * 2) / 3) / 2)
+    assert not variant.qualifies
+
+
+def test_training_variant_past_margin_wins_training_pool() -> None:
+    result = compute_weights(training_setup((1.19, 1.19), (1.19, 1.19)), policy(), UIDS, 30)
+    assert result.leaderboard.variants[0].best
+    assert result.weights == pytest.approx({1: 0.6, 5: 0.4})
+
+
+def test_later_variant_must_beat_current_best_by_margin() -> None:
+    records = training_setup((1.19, 1.19), (1.19, 1.19))
+    close = full_grid("u", grid((1.189, 1.189), (1.189, 1.189)), mode="submitted", family="A", version="A1")
+    records.append(
+        record("u", "frank", 30, close, kind="training_for_arch", family="A", version="A1",
+               target_architecture_id="A", training_fingerprint=sha("u"))
+    )  # fmt: skip
+    result = compute_weights(records, policy(), UIDS, 40)
+    assert [v.hotkey for v in result.leaderboard.variants if v.best] == ["erin"]
+    assert "training.below_margin" in reasons_of(result, "frank")
+
+
+def test_training_for_arch_mismatch_and_training_copy_are_rejected() -> None:
+    mismatch = compute_weights(training_setup((1.1, 1.1), (1.1, 1.1), target="Z"), policy(), UIDS, 30)
+    assert reasons_of(mismatch, "erin") == ("training.target_mismatch",)
+    assert mismatch.weights == {1: 1.0}
+    records = training_setup((1.1, 1.1), (1.1, 1.1))
+    copy_runs = full_grid("t2", grid((1.1, 1.1), (1.1, 1.1)), mode="submitted", family="A", version="A1")
+    records.append(
+        record("t2", "frank", 25, copy_runs, kind="training_for_arch", family="A", version="A1",
+               target_architecture_id="A", training_fingerprint=sha("t"))
+    )  # fmt: skip
+    assert reasons_of(compute_weights(records, policy(), UIDS, 30), "frank") == ("copy.training",)
+
+
+# --- pools, unclaimed share, deregistration ----------------------------------------------------
+
+
+def test_pool_split_and_deregistered_architecture_owner() -> None:
+    records = training_setup((1.19, 1.19), (1.19, 1.19))
+    split = compute_weights(records, policy(architecture_pool=0.7, training_pool=0.3), UIDS, 30)
+    assert split.weights == pytest.approx({1: 0.7, 5: 0.3})
+    no_alice = {k: v for k, v in UIDS.items() if k != "alice"}
+    dropped = compute_weights(records, policy(), no_alice, 30)
+    assert dropped.weights == pytest.approx({5: 1.0})
+    assert "owner.deregistered" in reasons_of(dropped, "alice")
+    assert compute_weights(records, policy(unclaimed_rule="burn", burn_uid=7), no_alice, 30).weights == pytest.approx(
+        {7: 0.6, 5: 0.4}
+    )
+
+
+def test_nothing_scored_gives_empty_weights_or_burn() -> None:
+    assert compute_weights([], policy(), UIDS, 1).weights == {}
+    assert compute_weights([], policy(unclaimed_rule="burn"), UIDS, 1).weights == {0: 1.0}
+
+
+def test_same_hotkey_in_both_pools_is_summed_and_normalized() -> None:
+    records = training_setup((1.19, 1.19), (1.19, 1.19))
+    one_uid = dict(UIDS, erin=1)
+    assert compute_weights(records, policy(), one_uid, 30).weights == pytest.approx({1: 1.0})
+
+
+# --- policy as data --------------------------------------------------------------------------------
+
+
+def test_policy_for_profile_reads_regimes_seeds_and_gates() -> None:
+    profile = load_profile("gpu_proxy_eval")
+    built = policy_for_profile(profile, top_k=5)
+    assert built.required_regimes == ("p20m", "p60m") and built.required_seeds == (0, 1, 2)
+    assert built.smuggle_factor == profile.gates.smuggle_factor
+    assert built.max_train_heldout_gap_bpb == profile.gates.max_train_heldout_gap_bpb
+    assert (built.architecture_pool, built.training_pool, built.top_k) == (0.6, 0.4, 5)
+    assert built.version == rules_at_block(10**9).version == 1
+    with pytest.raises(ValueError):
+        policy_for_profile(profile, architecture_pool=0.9)
+    with pytest.raises(ValueError):
+        policy_for_profile(profile, unknown_rule=1)
+
+
+def test_every_reason_code_used_in_results_is_documented() -> None:
+    result = compute_weights(worked_example(), policy(), UIDS, 200)
+    used = {r for s in result.leaderboard.submissions for r in s.reasons}
+    assert used <= set(ALL_REASONS)
