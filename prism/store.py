@@ -43,6 +43,8 @@ from prism.scoring.records import SubmissionKind
 logger = logging.getLogger(__name__)
 
 DB_FILENAME = "validator.sqlite3"
+#: Where the validator keeps its state unless told otherwise ($PRISM_HOME, default ~/.prism).
+DEFAULT_STORE_DIR = Path(os.environ.get("PRISM_HOME", "~/.prism")).expanduser() / "validator"
 RunQueueState = Literal["queued", "running", "done", "failed"]
 FailureFault = Literal["miner", "infrastructure"]
 
@@ -234,11 +236,17 @@ class Store:
     # --- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, migrate_to: int = SCHEMA_VERSION) -> Store:
-        """Open (creating if needed) the database at ``path`` (a file, or a directory to hold one)."""
-        path = Path(path)
+    def open(cls, path: str | Path, *, migrate_to: int = SCHEMA_VERSION, create: bool = True) -> Store:
+        """Open the database at ``path`` (a file, or a directory holding ``validator.sqlite3``).
+
+        ``create=False`` (read-only tools such as ``prism leaderboard``) refuses a missing store
+        instead of creating an empty one.
+        """
+        path = Path(path).expanduser()
         if path.is_dir() or path.suffix == "":
             path = path / DB_FILENAME
+        if not create and not path.exists():
+            raise OperatorError(f"no PRISM store at {path} (pass --db PATH)", code="store.missing")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)

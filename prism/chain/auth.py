@@ -56,9 +56,16 @@ def new_nonce_store(retention_s: float = 60.0) -> Any:
     return http_auth.InMemoryNonceStore(retention=retention_s)
 
 
-def sign_request(wallet: Any, *, method: str, path: str, body: bytes, receiver_hotkey: str) -> dict[str, str]:
-    """Auth headers for one request. Each retry must call this again (fresh nonce)."""
-    return http_auth.sign(wallet, method=method, path=path, body=body, receiver_ss58=receiver_hotkey)
+def sign_request(
+    wallet: Any, *, method: str, path: str, body: bytes, receiver_hotkey: str, nonce_ns: int | None = None
+) -> dict[str, str]:
+    """Auth headers for one request. Each retry must call this again (fresh nonce).
+
+    ``nonce_ns`` (nanoseconds since the epoch) defaults to now; tests pass old ones.
+    """
+    return http_auth.sign(
+        wallet, method=method, path=path, body=body, receiver_ss58=receiver_hotkey, nonce_ns=nonce_ns
+    )
 
 
 def verify_request(

@@ -89,6 +89,15 @@ def map_sdk_error(exc: BaseException, what: str) -> ChainError | NotRegistered:
     return ChainError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def landed_block(result: Any) -> int | None:
+    """The block an extrinsic was included in, from ``ExtrinsicResult.extrinsic_id`` ("block-index")."""
+    extrinsic_id = getattr(result, "extrinsic_id", None)
+    if not extrinsic_id:
+        return None
+    head, _, _ = str(extrinsic_id).partition("-")
+    return int(head) if head.isdigit() else None
+
+
 class BittensorChain:
     """A subnet on a subtensor node. ``client`` may be injected (tests use a fake at this edge)."""
 
@@ -224,9 +233,10 @@ class BittensorChain:
         call = bt.calls.Commitments.set_commitment(
             netuid=self.netuid, info={"fields": [{f"Raw{len(payload)}": payload}]}
         )
-        self._execute("commit", lambda: self._client.submit_call(call, wallet, signer="hotkey"))
+        result = self._execute("commit", lambda: self._client.submit_call(call, wallet, signer="hotkey"))
         logger.info("committed %r for %s on netuid %d", data, hotkey_ss58(wallet), self.netuid)
-        return self.block()
+        block = landed_block(result)
+        return block if block is not None else self.block()
 
     def serve_axon(self, wallet: Wallet, ip: str, port: int) -> None:
         AxonInfo(ip=ip, port=port)
@@ -236,5 +246,6 @@ class BittensorChain:
     def set_weights(self, wallet: Wallet, weights: dict[int, float], version_key: int) -> int:
         clean = {int(uid): float(w) for uid, w in weights.items()}
         intent = bt.SetWeights(netuid=self.netuid, uids=None, weights=clean, version_key=version_key)
-        self._execute("set_weights", lambda: self._client.execute(intent, wallet, retries=2))
-        return self.block()
+        result = self._execute("set_weights", lambda: self._client.execute(intent, wallet, retries=2))
+        block = landed_block(result)
+        return block if block is not None else self.block()

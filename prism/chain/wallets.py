@@ -11,8 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import bittensor as bt
-
 from prism.chain.errors import WalletError
 
 logger = logging.getLogger(__name__)
@@ -27,6 +25,8 @@ def create_wallet(name: str, hotkey: str, path: str | Path, *, overwrite: bool =
     ``btcli`` and keep the coldkey encrypted. An existing coldkey is kept, so several hotkeys
     can share one coldkey.
     """
+    import bittensor as bt  # lazy: reading addresses off a wallet needs no SDK import
+
     wallet = bt.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser()))
     if overwrite or not wallet.coldkeypub_file.exists_on_device():
         wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
@@ -38,12 +38,14 @@ def create_wallet(name: str, hotkey: str, path: str | Path, *, overwrite: bool =
 
 def load_wallet(name: str, hotkey: str, path: str | Path = DEFAULT_WALLET_PATH) -> Any:
     """Load an existing wallet and check that its hotkey and coldkey address are readable."""
+    import bittensor as bt
+
     wallet = bt.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser()))
     where = f"{Path(path).expanduser() / name}"
     if not wallet.hotkey_file.exists_on_device():
         raise WalletError(
             f"hotkey {hotkey!r} of wallet {name!r} not found under {where}/hotkeys; "
-            "create it with `btcli wallet new-hotkey` (or `prism chain register --create` locally)"
+            "create it with `btcli wallet new-hotkey` (or `prism chain register --create-wallet` on a local chain)"
         )
     if not wallet.coldkeypub_file.exists_on_device():
         raise WalletError(f"coldkeypub.txt of wallet {name!r} not found under {where}")

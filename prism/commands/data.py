@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser("prepare", help="tokenize a source into shards + MANIFEST.json")
     prepare.add_argument("--source", choices=SOURCES, required=True)
     prepare.add_argument("--path", type=Path, help="file or directory for --source parquet/jsonl")
-    prepare.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu", help="Hub dataset (fineweb-edu source)")
+    prepare.add_argument(
+        "--dataset", default="HuggingFaceFW/fineweb-edu", help="Hub dataset (fineweb-edu source)"
+    )
     prepare.add_argument("--config", default=None, help="dataset config, e.g. sample-10BT")
     prepare.add_argument("--revision", default=None, help="pinned dataset revision (commit sha)")
     prepare.add_argument(
@@ -41,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--max-bytes", type=int, default=None, help="stop after this many UTF-8 text bytes")
     prepare.add_argument("--skip-docs", type=int, default=0, help="start after this many source documents")
     prepare.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard (default 100M)")
-    prepare.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="tokenizer processes")
+    prepare.add_argument(
+        "--workers", type=int, default=min(os.cpu_count() or 1, 8), help="tokenizer processes"
+    )
     prepare.add_argument("--timeout", type=float, default=60.0, help="Hub read timeout in seconds")
     prepare.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = commands.add_parser("info", help="summarize a prepared directory")
     info.add_argument("directory", type=Path)
-    info.add_argument("--json", action="store_true", help="print MANIFEST.json plus the run-manifest fingerprint")
+    info.add_argument(
+        "--json", action="store_true", help="print MANIFEST.json plus the run-manifest fingerprint"
+    )
     info.set_defaults(func=run_info)
 
 
@@ -68,7 +74,11 @@ def _build_source(args: argparse.Namespace):
         if args.path is None:
             raise DataError(f"--source {args.source} needs --path", code="data.bad_option")
         return LocalFileSource(
-            args.path, fmt=args.source, is_fineweb_edu=args.fineweb_edu, config=args.config, revision=args.revision
+            args.path,
+            fmt=args.source,
+            is_fineweb_edu=args.fineweb_edu,
+            config=args.config,
+            revision=args.revision,
         )
     if args.revision is None:
         raise DataError(
@@ -77,7 +87,10 @@ def _build_source(args: argparse.Namespace):
             code="data.unpinned_revision",
         )
     return HubSource(
-        dataset=args.dataset, config=args.config or "sample-10BT", revision=args.revision, read_timeout_s=args.timeout
+        dataset=args.dataset,
+        config=args.config or "sample-10BT",
+        revision=args.revision,
+        read_timeout_s=args.timeout,
     )
 
 
@@ -125,8 +138,12 @@ def run_info(args: argparse.Namespace) -> int:
 def _print_summary(manifest, directory: Path) -> None:
     src = manifest.source
     tok = manifest.tokenizer
-    print(f"{directory}: {src.label()} (revision {src.revision}, config {src.config}, fineweb-edu {src.is_fineweb_edu})")
-    print(f"  tokenizer {tok.name} vocab {tok.vocab_size} eos {tok.eos_id} {tok.token_dtype} fp {tok.fingerprint[:16]}")
+    print(
+        f"{directory}: {src.label()} (revision {src.revision}, config {src.config}, fineweb-edu {src.is_fineweb_edu})"
+    )
+    print(
+        f"  tokenizer {tok.name} vocab {tok.vocab_size} eos {tok.eos_id} {tok.token_dtype} fp {tok.fingerprint[:16]}"
+    )
     for split in ("train", "val", "test"):
         info = manifest.split_info(split)
         ratio = info.bytes / info.tokens if info.tokens else 0.0

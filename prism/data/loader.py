@@ -42,9 +42,15 @@ class _MappedShard:
         header = read_shard_header(path)
         self.path = path
         self.size = header.tokens
-        self.tokens = np.memmap(path, dtype=header.dtype, mode="r", offset=HEADER_SIZE, shape=(header.tokens,))
+        self.tokens = np.memmap(
+            path, dtype=header.dtype, mode="r", offset=HEADER_SIZE, shape=(header.tokens,)
+        )
         self.lengths = np.memmap(
-            path, dtype=np.uint8, mode="r", offset=HEADER_SIZE + header.tokens * header.itemsize, shape=(header.tokens,)
+            path,
+            dtype=np.uint8,
+            mode="r",
+            offset=HEADER_SIZE + header.tokens * header.itemsize,
+            shape=(header.tokens,),
         )
 
 
@@ -73,7 +79,9 @@ class _SplitWindows:
         self.shards = [_MappedShard(self.data_dir / entry.name) for entry in info.shards]
         self.sizes = np.array([s.size for s in self.shards], dtype=np.int64)
 
-    def gather(self, shard_ids: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    def gather(
+        self, shard_ids: np.ndarray, offsets: np.ndarray, seq_len: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Windows ``shard[offset : offset + T + 1]`` as int64 (N, T+1) and target bytes (N,)."""
         n = shard_ids.size
         tokens = np.empty((n, seq_len + 1), dtype=np.int64)
@@ -116,7 +124,10 @@ class TrainLoader:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} outside world size {world_size}", code="data.bad_option")
         self.windows = _SplitWindows(
-            data_dir, split, expected_tokenizer_fingerprint=expected_tokenizer_fingerprint, check_hashes=check_hashes
+            data_dir,
+            split,
+            expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
+            check_hashes=check_hashes,
         )
         self.manifest = self.windows.manifest
         self.batch_size = batch_size
@@ -193,7 +204,10 @@ def heldout_windows(
     """
     _check_window_args(seq_len, n_windows, "n_windows")
     windows = _SplitWindows(
-        data_dir, split, expected_tokenizer_fingerprint=expected_tokenizer_fingerprint, check_hashes=check_hashes
+        data_dir,
+        split,
+        expected_tokenizer_fingerprint=expected_tokenizer_fingerprint,
+        check_hashes=check_hashes,
     )
     width = seq_len + 1
     counts = windows.sizes // width

@@ -121,7 +121,10 @@ def data_fingerprint(manifest: DataManifest, *, heldout_split: str = "val") -> d
     """
 
     def shard_refs(split: str) -> list[dict[str, object]]:
-        return [{"name": s.name, "sha256": s.sha256, "tokens": s.tokens} for s in manifest.split_info(split).shards]
+        return [
+            {"name": s.name, "sha256": s.sha256, "tokens": s.tokens}
+            for s in manifest.split_info(split).shards
+        ]
 
     tok = manifest.tokenizer
     return {
@@ -131,7 +134,12 @@ def data_fingerprint(manifest: DataManifest, *, heldout_split: str = "val") -> d
         "config": manifest.source.config,
         "manifest_sha256": manifest.sha256,
         "split_rule": manifest.split.rule,
-        "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id},
+        "tokenizer": {
+            "name": tok.name,
+            "fingerprint": tok.fingerprint,
+            "vocab_size": tok.vocab_size,
+            "eos_id": tok.eos_id,
+        },
         "train_shards": shard_refs("train"),
         "heldout_shards": shard_refs(heldout_split),
     }

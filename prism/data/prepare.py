@@ -10,7 +10,6 @@ the target and renamed into place at the end: a crash never leaves a directory t
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import multiprocessing
 import os
@@ -170,7 +169,9 @@ def _progress(enabled: bool, total_docs: int | None):
         TextColumn("[bold]prepare"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("docs  {task.fields[mb]:.1f} MB  {task.fields[tokens]:,} tokens  {task.fields[rate]:,.0f} tok/s"),
+        TextColumn(
+            "docs  {task.fields[mb]:.1f} MB  {task.fields[tokens]:,} tokens  {task.fields[rate]:,.0f} tok/s"
+        ),
         TimeElapsedColumn(),
     ]
     progress = Progress(*columns, disable=not enabled, transient=False)
@@ -183,9 +184,10 @@ def _claim_output_dir(out_dir: Path, overwrite: bool) -> Path:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise DataError(f"--out {out_dir} exists and is not a directory", code="data.out_exists")
-        if any(out_dir.iterdir()):
-            if not overwrite:
-                raise DataError(f"--out {out_dir} is not empty (pass --overwrite to replace it)", code="data.out_exists")
+        if any(out_dir.iterdir()) and not overwrite:
+            raise DataError(
+                f"--out {out_dir} is not empty (pass --overwrite to replace it)", code="data.out_exists"
+            )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -248,7 +250,9 @@ def prepare_dataset(
                 n_text_bytes += text_bytes
                 n_tokens += chunk_tokens
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=n_docs, mb=n_text_bytes / 1e6, tokens=n_tokens, rate=n_tokens / elapsed)
+                bar.update(
+                    task, completed=n_docs, mb=n_text_bytes / 1e6, tokens=n_tokens, rate=n_tokens / elapsed
+                )
         if n_docs == 0:
             raise DataError("the source yielded no documents", code="data.empty_source")
         manifest = DataManifest(
@@ -268,13 +272,17 @@ def prepare_dataset(
         raise
     logger.info(
         "prepared %s: %d documents, %d tokens (%s) in %.1fs",
-        out_dir, n_docs, n_tokens, tokenizer.name, time.perf_counter() - started,
+        out_dir,
+        n_docs,
+        n_tokens,
+        tokenizer.name,
+        time.perf_counter() - started,
     )
     return read_data_manifest(out_dir)
 
 
 def ensure_offline_corpus(
-    out_dir: Path, tokenizer: str = "byte", *, max_bytes: int = OFFLINE_CORPUS_MAX_BYTES, workers: int = 1
+    out_dir: Path, tokenizer: str = "byte", *, max_bytes: int = OFFLINE_CORPUS_MAX_BYTES, workers: int = 2
 ) -> DataManifest:
     """Prepare the offline docstring corpus into ``out_dir`` unless a valid one is already there.
 
@@ -293,7 +301,11 @@ def ensure_offline_corpus(
         )
     try:
         return prepare_dataset(
-            OfflineDocstringSource(), tokenizer, out_dir, max_bytes=max_bytes, workers=workers,
+            OfflineDocstringSource(workers=workers),
+            tokenizer,
+            out_dir,
+            max_bytes=max_bytes,
+            workers=workers,
             shard_tokens=DEFAULT_SHARD_TOKENS,
         )
     except (DataError, OSError) as exc:

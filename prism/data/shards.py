@@ -77,7 +77,9 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
 
-def write_shard(path: Path, tokens: np.ndarray, byte_lengths: np.ndarray, tokenizer: TokenizerInfo) -> ShardInfo:
+def write_shard(
+    path: Path, tokens: np.ndarray, byte_lengths: np.ndarray, tokenizer: TokenizerInfo
+) -> ShardInfo:
     """Write one shard and return its manifest entry (sha256 of the whole file)."""
     dtype = np.dtype(tokenizer.token_dtype)
     tokens = np.ascontiguousarray(tokens, dtype=dtype)
@@ -103,7 +105,9 @@ def write_shard(path: Path, tokens: np.ndarray, byte_lengths: np.ndarray, tokeni
         for part in (header, tokens.tobytes(), byte_lengths.tobytes()):
             digest.update(part)
             handle.write(part)
-    return ShardInfo(name=path.name, sha256=digest.hexdigest(), tokens=int(tokens.size), bytes=covered, docs=docs)
+    return ShardInfo(
+        name=path.name, sha256=digest.hexdigest(), tokens=int(tokens.size), bytes=covered, docs=docs
+    )
 
 
 def read_shard_header(path: Path) -> ShardHeader:
@@ -120,7 +124,7 @@ def read_shard_header(path: Path) -> ShardHeader:
         raise BadMagic(f"{path} does not start with {MAGIC!r}: not a PRISM token shard")
     if len(raw) < HEADER_SIZE:
         raise TruncatedShard(f"{path} is {size} bytes, shorter than the {HEADER_SIZE}-byte header")
-    magic, version, header_size, itemsize, vocab, eos, tokens, docs, covered, fp = _HEADER.unpack_from(raw)
+    _magic, version, header_size, itemsize, vocab, eos, tokens, docs, covered, fp = _HEADER.unpack_from(raw)
     if version != SHARD_FORMAT_VERSION or header_size != HEADER_SIZE or itemsize not in (2, 4):
         raise UnsupportedFormat(
             f"{path}: shard format version {version}, header {header_size} B, item size {itemsize}; "
@@ -158,13 +162,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_shard(path: Path, entry: ShardInfo, tokenizer: TokenizerInfo, *, check_hash: bool = True) -> ShardHeader:
+def verify_shard(
+    path: Path, entry: ShardInfo, tokenizer: TokenizerInfo, *, check_hash: bool = True
+) -> ShardHeader:
     header = read_shard_header(path)
     check_header_against(path, header, entry, tokenizer)
     if check_hash:
         actual = file_sha256(path)
         if actual != entry.sha256:
-            raise HashMismatch(f"{path} has sha256 {actual}, MANIFEST.json records {entry.sha256}: the shard is corrupt")
+            raise HashMismatch(
+                f"{path} has sha256 {actual}, MANIFEST.json records {entry.sha256}: the shard is corrupt"
+            )
     return header
 
 

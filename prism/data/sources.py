@@ -84,10 +84,14 @@ def limit_documents(
 def _document_from_record(record: dict[str, Any], where: str) -> Document:
     """Build a Document from a FineWeb-Edu-shaped row; only ``text`` is required."""
     if "text" not in record:
-        raise SourceError(f"{where}: row has no 'text' field (fields: {sorted(record)})", code="data.missing_text")
+        raise SourceError(
+            f"{where}: row has no 'text' field (fields: {sorted(record)})", code="data.missing_text"
+        )
     text = record["text"]
     if not isinstance(text, str):
-        raise SourceError(f"{where}: 'text' must be a string, got {type(text).__name__}", code="data.missing_text")
+        raise SourceError(
+            f"{where}: 'text' must be a string, got {type(text).__name__}", code="data.missing_text"
+        )
     doc_id = record.get("id")
     if doc_id is None or doc_id == "":
         # Content-derived ids keep the split a function of the data, independent of row order.
@@ -100,7 +104,10 @@ def _document_from_record(record: dict[str, Any], where: str) -> Document:
 # ---------------------------------------------------------------------------------------------
 
 LocalFormat = Literal["parquet", "jsonl"]
-_EXTENSIONS: dict[str, tuple[str, ...]] = {"parquet": (".parquet",), "jsonl": (".jsonl", ".jsonl.gz", ".json.gz")}
+_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "parquet": (".parquet",),
+    "jsonl": (".jsonl", ".jsonl.gz", ".json.gz"),
+}
 
 
 class LocalFileSource:
@@ -155,10 +162,14 @@ class LocalFileSource:
         try:
             parquet = pq.ParquetFile(path)
         except (OSError, ValueError) as exc:
-            raise SourceError(f"{path}: not a readable parquet file: {exc}", code="data.source_unreadable") from exc
+            raise SourceError(
+                f"{path}: not a readable parquet file: {exc}", code="data.source_unreadable"
+            ) from exc
         names = set(parquet.schema_arrow.names)
         if "text" not in names:
-            raise SourceError(f"{path}: no 'text' column (columns: {sorted(names)})", code="data.missing_text")
+            raise SourceError(
+                f"{path}: no 'text' column (columns: {sorted(names)})", code="data.missing_text"
+            )
         # Only read what we use: FineWeb rows carry url/dump/score columns we do not need.
         columns = [c for c in ("id", "text") if c in names]
         for row_group, batch in enumerate(parquet.iter_batches(batch_size=1024, columns=columns)):
@@ -176,9 +187,13 @@ class LocalFileSource:
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise SourceError(f"{path}:{line_no}: invalid JSON: {exc}", code="data.source_unreadable") from exc
+                        raise SourceError(
+                            f"{path}:{line_no}: invalid JSON: {exc}", code="data.source_unreadable"
+                        ) from exc
                     if not isinstance(record, dict):
-                        raise SourceError(f"{path}:{line_no}: expected a JSON object", code="data.source_unreadable")
+                        raise SourceError(
+                            f"{path}:{line_no}: expected a JSON object", code="data.source_unreadable"
+                        )
                     yield _document_from_record(record, f"{path}:{line_no}")
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise SourceError(f"{path}: cannot read: {exc}", code="data.source_unreadable") from exc
@@ -225,7 +240,9 @@ class HubSource:
     def _open_stream(self, skip: int) -> Iterator[dict[str, Any]]:
         """Open the streaming dataset at document ``skip``; the only place that touches the network."""
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-            raise HubUnreachable(f"HF_HUB_OFFLINE is set: cannot stream {self.dataset}; unset it or use --source parquet")
+            raise HubUnreachable(
+                f"HF_HUB_OFFLINE is set: cannot stream {self.dataset}; unset it or use --source parquet"
+            )
         # Bound every HTTP call huggingface_hub makes by our own timeout (env read at call time).
         timeout = str(max(1, round(self.read_timeout_s)))
         os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", timeout)
@@ -295,7 +312,12 @@ class HubSource:
                 ) from item
             logger.warning(
                 "stream of %s failed at document %d (%s: %s); retry %d/%d",
-                self.dataset, position, type(item).__name__, item, failures, self.max_retries,
+                self.dataset,
+                position,
+                type(item).__name__,
+                item,
+                failures,
+                self.max_retries,
             )
             time.sleep(self.retry_backoff_s * failures)
 
@@ -350,7 +372,11 @@ def _topic_documents(tree: ast.Module) -> Iterator[tuple[str, str]]:
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
             for key, value in zip(node.value.keys, node.value.values, strict=True):
-                if isinstance(key, ast.Constant) and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                if (
+                    isinstance(key, ast.Constant)
+                    and isinstance(value, ast.Constant)
+                    and isinstance(value.value, str)
+                ):
                     yield f"topics[{key.value}]", value.value
 
 
@@ -376,11 +402,11 @@ class OfflineDocstringSource:
 
     def _files(self) -> Iterator[tuple[Path, Path]]:
         for root in self.roots:
-            found = [
-                p
-                for p in root.rglob("*.py")
-                if not _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
-            ]
+            found: list[Path] = []
+            # os.walk with pruning: site-packages alone can hold 100k files we never read.
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
+                found.extend(Path(dirpath) / name for name in filenames if name.endswith(".py"))
             for path in sorted(found, key=lambda p: p.relative_to(root).as_posix()):
                 yield root, path
 

@@ -122,7 +122,11 @@ class ByteTokenizer(Tokenizer):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used to spell tokens in encoder.json."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {b: chr(b) for b in printable}
     shift = 0
     for b in range(256):
@@ -241,4 +245,7 @@ def get_tokenizer(name: str) -> Tokenizer:
         return ByteTokenizer()
     if name == "gpt2":
         return Gpt2Tokenizer()
-    raise DataError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZER_NAMES)}", code="data.unknown_tokenizer")
+    raise DataError(
+        f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZER_NAMES)}",
+        code="data.unknown_tokenizer",
+    )

@@ -660,9 +660,15 @@ class SandboxProcess:
         returncode = self._popen.wait()
         wall_s = time.monotonic() - self._started
         self._watchdog.cancel()
-        # Anything that outlived the main process (a daemonized child in degraded mode) goes now,
-        # which also closes the log pipe's last writer.
-        self._kill_tree()
+        # Anything that outlived the main process goes now, which also closes the log pipe's last
+        # writer. Under bwrap the pid namespace died with its init, so only the cgroup is swept
+        # (the process group id may already be recycled); in degraded mode a daemonized child
+        # can only be found through its process group or the cgroup.
+        if self.isolation.mode == "degraded":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, signal.SIGKILL)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
         self._log.join(timeout=10.0)
         for stream in (self.stdin, self.protocol):
             if stream is not None:

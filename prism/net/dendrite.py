@@ -123,7 +123,7 @@ class Dendrite:
     def __init__(self, wallet: Any, config: DendriteConfig | None = None) -> None:
         self.wallet = wallet
         self.config = config or DendriteConfig()
-        self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        self._semaphore: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Dendrite:
@@ -134,7 +134,9 @@ class Dendrite:
         await self.close()
 
     async def open(self) -> None:
+        # Created here, inside the running loop, so one Dendrite can serve several asyncio.run calls.
         if self._session is None:
+            self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
             timeout = aiohttp.ClientTimeout(
                 total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s
             )
@@ -144,6 +146,7 @@ class Dendrite:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            self._semaphore = None
 
     # ----------------------------------------------------------------- public API
 
@@ -160,6 +163,8 @@ class Dendrite:
                 started,
             )
         path = f"{SUBMISSION_PATH}?sha256={expected}"
+        await self.open()
+        assert self._semaphore is not None
         async with self._semaphore:
             attempt, attempts = await self._with_retries(neuron, path)
         if attempt.status is FetchStatus.OK and attempt.data is not None:
@@ -183,6 +188,8 @@ class Dendrite:
         """The miner's ``/info``; None when it cannot be read (unreachable or refused)."""
         if neuron.axon is None:
             return None
+        await self.open()
+        assert self._semaphore is not None
         async with self._semaphore:
             attempt, _ = await self._with_retries(neuron, INFO_PATH, expect_zip=False)
         if attempt.status is not FetchStatus.OK or attempt.data is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -119,7 +120,13 @@ PROFILE_NAMES: tuple[str, ...] = ("local_cpu_smoke", "gpu_proxy_eval", "full_sca
 
 @cache
 def load_profile(name: str) -> Profile:
-    """Load a built-in profile by name. Unknown names are an operator error."""
+    """Load a built-in profile by name, or a custom one from a ``.yaml`` path.
+
+    Custom profiles let an operator (or a test) pin different budgets; scoring still compares
+    runs only within one ``name@version``, so a custom profile never mixes with official runs.
+    """
+    if name.endswith((".yaml", ".yml")):
+        return _load_profile_file(Path(name))
     if name not in PROFILE_NAMES:
         raise OperatorError(
             f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}", code="profile.unknown"
@@ -129,6 +136,22 @@ def load_profile(name: str) -> Profile:
         return Profile.model_validate(yaml.safe_load(text))
     except ValidationError as exc:  # a broken built-in profile is our bug, not the operator's
         raise OperatorError(f"profile {name} is invalid: {exc}", code="profile.invalid") from exc
+
+
+def _load_profile_file(path: Path) -> Profile:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        profile = Profile.model_validate(data)
+    except OSError as exc:
+        raise OperatorError(f"cannot read profile {path}: {exc}", code="profile.unreadable") from exc
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise OperatorError(f"profile {path} is invalid: {exc}", code="profile.invalid") from exc
+    if profile.name in PROFILE_NAMES:
+        raise OperatorError(
+            f"profile {path} reuses the built-in name {profile.name!r}; give custom profiles their own name",
+            code="profile.name_taken",
+        )
+    return profile
 
 
 def all_profiles() -> list[Profile]:

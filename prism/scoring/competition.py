@@ -172,10 +172,26 @@ class _Sub:
         )
 
 
+def _merge_duplicates(records: Sequence[SubmissionRecord]) -> list[SubmissionRecord]:
+    """One record per (commit, hotkey, sha) in submission order; runs of duplicates are pooled
+    (sorted by run_id) so the result cannot depend on which duplicate came first."""
+    grouped: dict[tuple[int, str, str], list[SubmissionRecord]] = {}
+    for record in records:
+        grouped.setdefault(record.order_key, []).append(record)
+    merged = []
+    for order_key in sorted(grouped):
+        group = sorted(grouped[order_key], key=lambda r: r.model_dump_json(exclude={"runs"}))
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        runs = {run.run_id: run for r in group for run in r.runs}
+        merged.append(group[0].model_copy(update={"runs": tuple(runs[k] for k in sorted(runs))}))
+    return merged
+
+
 def _prepare(records: Sequence[SubmissionRecord], policy: ScoringPolicy) -> list[_Sub]:
     """Order submissions and mark exact copies and intake rejections."""
-    unique = {(r.order_key, r.kind): r for r in records}  # the same record twice is one submission
-    subs = [_Sub(r, policy) for _, r in sorted(unique.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
+    subs = [_Sub(r, policy) for r in _merge_duplicates(records)]
     seen_sha: set[str] = set()
     for sub in subs:
         if sub.record.zip_sha256 in seen_sha:

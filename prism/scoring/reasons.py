@@ -59,6 +59,17 @@ ELIGIBILITY_REASONS: dict[str, ReasonSpec] = _table(
         code="gate.parameter_budget", fault="miner", description="more parameters than the regime allows"
     ),
     ReasonSpec(code="gate.layer_budget", fault="miner", description="more layers than the regime allows"),
+    ReasonSpec(
+        code="run.failed",
+        fault="validator",
+        description="the run failed; status.failure.fault decides whether it counts against the miner",
+    ),
+    ReasonSpec(
+        code="recipe.not_reference",
+        fault="validator",
+        description="an architecture-competition run not trained with the reference recipe",
+    ),
+    ReasonSpec(code="metrics.missing", fault="validator", description="held-out or probe bpb not measured"),
 )
 
 #: Codes scoring attaches itself (to runs, cells and submissions).

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prism.manifest import RecipeMode, RunManifest
 from prism.scoring.policy import ScoringPolicy
-from prism.scoring.reasons import reason_fault
+from prism.scoring.reasons import ALL_REASONS, reason_fault
 from prism.scoring.records import SubmissionRecord
 
 RunOutcome = Literal["valid", "failed", "ignored"]
@@ -162,6 +162,8 @@ def check_run(manifest: RunManifest, record: SubmissionRecord, policy: ScoringPo
             **base, outcome="ignored", reasons=("run.infrastructure_failure",), failure_code=failure.code
         )
     reasons = set(manifest.validation.reasons) | _gate_reasons(manifest, record, policy)
+    if any(code not in ALL_REASONS for code in reasons):
+        reasons.add("run.unknown_ineligibility")  # a newer evaluator's code: refuse, never guess
     reasons -= policy.waived_reasons
     ordered = tuple(sorted(reasons))
     if any(reason_fault(code) == "miner" for code in ordered):

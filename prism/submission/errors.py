@@ -144,6 +144,7 @@ ERROR_CODES: dict[str, str] = {
     "static.forbidden_call": "a call or reference to a forbidden builtin (eval, exec, open, ...)",
     "static.forbidden_attribute": "access to an introspection or escape attribute (__class__, f_globals, ...)",
     "static.shadowed_module": "a file or directory shadows a standard-library or allowed package name",
+    "static.unreachable_module": "a sibling import by stem names a file whose folder is not on the import path",
     "static.ambiguous_module": "a sibling import by stem matches more than one file",
     "static.missing_build_model": "the architecture entrypoint does not define build_model",
     "static.missing_get_recipe": "the architecture entrypoint does not define get_recipe",

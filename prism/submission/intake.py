@@ -58,12 +58,10 @@ class Submission:
 
     @property
     def python_paths(self) -> tuple[str, ...]:
-        """Folders (relative, ``.`` = root) to put on ``sys.path`` so that sibling imports by stem
-        (``from layers import X`` from ``src/model.py``) resolve: the root, then every folder
-        holding a ``.py`` file, sorted."""
-        folders = {str(PurePosixPath(path).parent) for path in self.files if path.endswith(".py")}
-        folders.discard(".")
-        return (".", *sorted(folders))
+        """Folders (relative; ``.`` is the root) the evaluator puts on ``sys.path``, first match
+        first: the architecture entrypoint's folder, the training entrypoint's, the root. Sibling
+        imports by stem (``from layers import X`` next to ``src/model.py``) resolve through them."""
+        return static_gate.import_roots(self.architecture_entrypoint, self.training_entrypoint)
 
     def write_to(self, dest: Path) -> None:
         """Write every file under ``dest``, which must not exist or be an empty directory."""
@@ -140,7 +138,8 @@ def _single_file_zip(data: bytes, filename: str, limits: IntakeLimits) -> bytes:
 
 def _gate(files: Mapping[str, bytes], layout: ProjectLayout) -> tuple[list[Problem], dict[str, str]]:
     """Run the static gate on every .py; return all problems and the hooks found."""
-    local = static_gate.LocalModules.from_paths(files)
+    roots = static_gate.import_roots(layout.architecture_entrypoint, layout.training_entrypoint)
+    local = static_gate.LocalModules.from_paths(files, roots)
     problems = static_gate.check_shadowing(files)
     trees: dict[str, ast.Module] = {}
     for path in sorted(files):

@@ -96,65 +96,35 @@ FORBIDDEN_NAMES: frozenset[str] = frozenset(
         "__spec__",
     }
 )
-#: Attributes that lead to interpreter internals (object graph, frames, code objects) or to
-#: modules that allowed packages re-export (``torch.os``, ``numpy.sys``).
-FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset(
+#: Attributes that lead to interpreter internals: the object graph, function/code objects, modules.
+_OBJECT_ESCAPES = frozenset(
     {
-        "__class__",
-        "__bases__",
-        "__base__",
-        "__mro__",
-        "mro",
-        "__subclasses__",
-        "__globals__",
-        "__builtins__",
-        "__code__",
-        "__closure__",
-        "__func__",
-        "__self__",
-        "__dict__",
-        "__getattribute__",
-        "__reduce__",
-        "__reduce_ex__",
-        "__loader__",
-        "__spec__",
-        "__import__",
-        "__file__",
-        "__path__",
-        "__traceback__",
-        "__subclasshook__",
-        "__defaults__",
-        "__kwdefaults__",
-        "__objclass__",
-        "f_globals",
-        "f_locals",
-        "f_back",
-        "f_builtins",
-        "f_code",
-        "tb_frame",
-        "tb_next",
-        "gi_frame",
-        "gi_code",
-        "cr_frame",
-        "cr_code",
-        "ag_frame",
-        "co_code",
-        "co_consts",
-        "os",
-        "sys",
-        "subprocess",
-        "builtins",
-        "importlib",
-        "ctypes",
-        "socket",
-        "shutil",
-        "pickle",
-        "marshal",
-        "load_library",
-        "cpp_extension",
-        "hub",
+        "__class__", "__bases__", "__base__", "__mro__", "mro", "__subclasses__", "__subclasshook__",
+        "__dict__", "__getattribute__", "__reduce__", "__reduce_ex__", "__globals__", "__builtins__",
+        "__code__", "__closure__", "__func__", "__self__", "__defaults__", "__kwdefaults__",
+        "__objclass__", "__loader__", "__spec__", "__import__", "__file__", "__path__", "__traceback__",
     }
-)
+)  # fmt: skip
+#: Frames, tracebacks, generators and code objects: the route to any caller's globals.
+_FRAME_AND_CODE = frozenset(
+    {
+        "f_globals", "f_locals", "f_back", "f_builtins", "f_code", "tb_frame", "tb_next",
+        "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame", "co_code", "co_consts",
+    }
+)  # fmt: skip
+#: Modules that allowed packages re-export (``torch.os``, ``numpy.sys``), and native-code or
+#: download entry points.
+_REEXPORTED_AND_NATIVE = frozenset(
+    {
+        "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket", "shutil", "pickle",
+        "marshal", "multiprocessing", "load_library", "cpp_extension", "hub", "ctypeslib", "f2py",
+        "distutils",
+    }
+)  # fmt: skip
+FORBIDDEN_ATTRIBUTES: frozenset[str] = _OBJECT_ESCAPES | _FRAME_AND_CODE | _REEXPORTED_AND_NATIVE
+#: String constants that only make sense as a way around the attribute rule
+#: (``operator.attrgetter("__globals__")``, ``getattr(f, "__globals__")``): flagged anywhere.
+ESCAPE_STRINGS: frozenset[str] = frozenset(n for n in _OBJECT_ESCAPES if n.startswith("__")) | _FRAME_AND_CODE
 #: getattr-family builtins whose constant attribute-name argument is checked like an attribute.
 _ATTRIBUTE_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 _UTF8_NAMES = frozenset({"utf-8", "utf-8-sig"})
@@ -163,28 +133,62 @@ _UTF8_NAMES = frozenset({"utf-8", "utf-8-sig"})
 SHADOW_PROTECTED: frozenset[str] = frozenset(sys.stdlib_module_names) | ALLOWED_PACKAGES | _INTERFACE_TOPS
 
 
+def import_roots(architecture_entrypoint: str, training_entrypoint: str | None) -> tuple[str, ...]:
+    """Folders on ``sys.path`` when the evaluator imports a submission, first match first: the
+    architecture entrypoint's folder, the training entrypoint's folder, then the root (``.``)."""
+    folders = [str(PurePosixPath(architecture_entrypoint).parent)]
+    if training_entrypoint is not None:
+        folders.append(str(PurePosixPath(training_entrypoint).parent))
+    folders.append(".")
+    return tuple(dict.fromkeys(folders))
+
+
 @dataclass(frozen=True)
 class LocalModules:
-    """The submission's own importable names: file stems and folder names, with their files."""
+    """The submission's own modules as the evaluator will see them.
+
+    ``stems``: names importable absolutely (a file directly in an import root) -> files;
+    ``folders``: package folders directly in an import root; ``anywhere``: every stem and folder
+    name in the archive (targets of relative imports, and hints for unreachable modules).
+    """
 
     stems: Mapping[str, tuple[str, ...]]
     folders: frozenset[str]
+    anywhere: Mapping[str, tuple[str, ...]]
 
     @classmethod
-    def from_paths(cls, paths: Iterable[str]) -> LocalModules:
+    def from_paths(cls, paths: Iterable[str], roots: Iterable[str] = (".",)) -> LocalModules:
         stems: dict[str, list[str]] = {}
         folders: set[str] = set()
-        for path in sorted(paths):
+        anywhere: dict[str, list[str]] = {}
+        python_files = sorted(path for path in paths if PurePosixPath(path).suffix == ".py")
+        for path in python_files:
             pure = PurePosixPath(path)
-            if pure.suffix != ".py":
-                continue
-            folders.update(pure.parts[:-1])
-            if pure.stem != "__init__":
-                stems.setdefault(pure.stem, []).append(path)
-        return cls(stems={k: tuple(v) for k, v in stems.items()}, folders=frozenset(folders))
+            for name in (*pure.parts[:-1], pure.stem):
+                anywhere.setdefault(name, []).append(path)
+            for root in roots:
+                relative = pure.parts if root == "." else _relative_parts(pure, root)
+                if not relative:
+                    continue
+                if len(relative) > 1:
+                    folders.add(relative[0])
+                elif pure.stem != "__init__":
+                    stems.setdefault(pure.stem, []).append(path)
+        return cls(
+            stems={k: tuple(dict.fromkeys(v)) for k, v in stems.items()},
+            folders=frozenset(folders),
+            anywhere={k: tuple(dict.fromkeys(v)) for k, v in anywhere.items()},
+        )
 
     def __contains__(self, name: str) -> bool:
         return name in self.stems or name in self.folders
+
+
+def _relative_parts(path: PurePosixPath, root: str) -> tuple[str, ...]:
+    try:
+        return path.relative_to(root).parts
+    except ValueError:
+        return ()
 
 
 def _problem(code: str, message: str, file: str, node: ast.AST | None = None) -> Problem:
@@ -206,6 +210,13 @@ class _GateVisitor(ast.NodeVisitor):
 
     def _check_module(self, module: str, node: ast.AST, imported_names: Iterable[str] = ()) -> None:
         top = module.split(".")[0]
+        # `from torch import os` / `import numpy.sys`: a module re-exported by an allowed package.
+        reexported = [n for n in (*module.split(".")[1:], *imported_names) if n in FORBIDDEN_ATTRIBUTES]
+        if reexported:
+            self._add(
+                "static.forbidden_import", f"importing {reexported[0]!r} from {module!r} is not allowed", node
+            )
+            return
         if top in _INTERFACE_TOPS:
             self._check_interface_import(module, node, imported_names)
             return
@@ -224,6 +235,15 @@ class _GateVisitor(ast.NodeVisitor):
                     f"module {top!r} matches several files ({', '.join(matches)}); rename one",
                     node,
                 )
+            return
+        if top in self.local.anywhere:
+            self._add(
+                "static.unreachable_module",
+                f"{top!r} ({', '.join(self.local.anywhere[top])}) is not on the import path, which holds only "
+                "the entrypoints' folders and the project root; import it through its folder "
+                "(e.g. `from blocks.attention import X`) or move it next to the entrypoint",
+                node,
+            )
             return
         self._add(
             "static.forbidden_import",
@@ -257,7 +277,7 @@ class _GateVisitor(ast.NodeVisitor):
             # Relative import inside the submission's own package: the target must be local.
             targets = [node.module.split(".")[0]] if node.module else [alias.name for alias in node.names]
             for target in targets:
-                if target not in self.local:
+                if target not in self.local.anywhere:
                     self._add(
                         "static.forbidden_import", f"relative import of unknown module {target!r}", node
                     )
@@ -277,14 +297,22 @@ class _GateVisitor(ast.NodeVisitor):
             )
         self.generic_visit(node)
 
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and node.value in ESCAPE_STRINGS:
+            self._add(
+                "static.forbidden_attribute", f"the string {node.value!r} is not allowed in submissions", node
+            )
+
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         if isinstance(func, ast.Name) and func.id in _ATTRIBUTE_BUILTINS and len(node.args) >= 2:
             name_arg = node.args[1]
             if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
                 attr = name_arg.value
-                if attr in FORBIDDEN_ATTRIBUTES or (
-                    attr.startswith("__") and attr not in _SAFE_DUNDER_STRINGS
+                # Escape strings are reported by visit_Constant; here the remaining dunders.
+                if attr not in ESCAPE_STRINGS and (
+                    attr in FORBIDDEN_ATTRIBUTES
+                    or (attr.startswith("__") and attr not in _SAFE_DUNDER_STRINGS)
                 ):
                     self._add(
                         "static.forbidden_attribute",

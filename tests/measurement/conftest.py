@@ -16,7 +16,7 @@ CANONICAL = {"vocab_size": 257, "sequence_length": 32, "max_parameters": 200_000
 RUN_CONTEXT = {"vocab_size": 257, "sequence_length": 16, "max_parameters": 60_000, "max_layers": 2, "seed": 7}
 
 # A tiny causal model: token embedding, a causal running mean over past positions, a head.
-TINY_MODEL = '''
+TINY_MODEL = """
 import torch
 from prism_challenge.evaluator.interface import TrainingRecipe
 
@@ -41,7 +41,7 @@ def build_model(ctx):
 
 def get_recipe(ctx):
     return TrainingRecipe(learning_rate=1e-3, batch_size=4)
-'''
+"""
 
 
 @pytest.fixture
@@ -102,5 +102,7 @@ def direct_bpb(model, windows: np.ndarray, window_bytes: np.ndarray) -> float:
     tokens = torch.from_numpy(windows)
     with torch.no_grad():
         logits = model.eval()(tokens[:, :-1])
-        nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), tokens[:, 1:].reshape(-1), reduction="sum")
+        nats = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).double(), tokens[:, 1:].reshape(-1), reduction="sum"
+        )
     return float(nats) / (math.log(2) * float(window_bytes.sum()))

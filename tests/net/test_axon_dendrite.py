@@ -91,6 +91,18 @@ def _refusal_cases(wallets: dict[str, Any], miner_hotkey: str) -> dict[str, dict
             "expect": (401, "auth.wrong_receiver"),
         },
         "unsigned": {"wallet": validator, "headers": {"X-Other": "1"}, "expect": (401, "auth.malformed")},
+        "stale": {
+            "wallet": validator,
+            "headers": sign_request(
+                validator,
+                method="GET",
+                path=SUBMISSION_PATH,
+                body=b"",
+                receiver_hotkey=miner_hotkey,
+                nonce_ns=time.time_ns() - 60 * 10**9,
+            ),
+            "expect": (401, "auth.stale"),
+        },
         "oversized": {
             "wallet": validator,
             "signed_body": b"x" * 20_000,

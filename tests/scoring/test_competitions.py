@@ -25,7 +25,11 @@ UIDS = {"alice": 1, "bob": 2, "carol": 3, "dave": 4, "erin": 5, "frank": 6}
 
 def policy(**overrides: Any) -> ScoringPolicy:
     return ScoringPolicy(
-        profile=PROFILE, profile_version=PROFILE_VERSION, required_regimes=REGIMES, required_seeds=SEEDS, **overrides
+        profile=PROFILE,
+        profile_version=PROFILE_VERSION,
+        required_regimes=REGIMES,
+        required_seeds=SEEDS,
+        **overrides,
     )
 
 
@@ -201,7 +205,10 @@ def test_each_gate_fails_the_cell_and_the_submission(code: str) -> None:
 
 def test_gate_also_caught_from_hashes_and_derived_gap() -> None:
     hashes = {"diagnostics": {"params_sha256_before_eval": sha("x"), "params_sha256_after_eval": sha("y")}}
-    for extra, code in ((hashes, "gate.params_changed_during_eval"), ({"train_bpb": 0.9}, "gate.train_heldout_gap")):
+    for extra, code in (
+        (hashes, "gate.params_changed_during_eval"),
+        ({"train_bpb": 0.9}, "gate.train_heldout_gap"),
+    ):
         runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1", **extra)
         result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
         assert code in result.leaderboard.submissions[0].runs[0].reasons
@@ -209,8 +216,22 @@ def test_gate_also_caught_from_hashes_and_derived_gap() -> None:
 
 def test_smuggle_threshold_uses_the_tokenizer_vocab() -> None:
     at_threshold = 0.5 * math.log(50257)
-    ok = full_grid("a", grid((1.2,) * 2, (1.2,) * 2), family="A", version="A1", vocab=50257, first_probe_nats=at_threshold)
-    bad = full_grid("b", grid((1.2,) * 2, (1.2,) * 2), family="B", version="B1", vocab=50257, first_probe_nats=at_threshold - 0.01)
+    ok = full_grid(
+        "a",
+        grid((1.2,) * 2, (1.2,) * 2),
+        family="A",
+        version="A1",
+        vocab=50257,
+        first_probe_nats=at_threshold,
+    )
+    bad = full_grid(
+        "b",
+        grid((1.2,) * 2, (1.2,) * 2),
+        family="B",
+        version="B1",
+        vocab=50257,
+        first_probe_nats=at_threshold - 0.01,
+    )
     result = compute_weights(
         [record("a", "alice", 1, ok, family="A", version="A1"), record("b", "bob", 2, bad, family="B", version="B1")],
         policy(), UIDS, 5,
@@ -232,21 +253,30 @@ def test_smuggle_threshold_uses_the_tokenizer_vocab() -> None:
 )
 def test_validator_side_problems_leave_the_cell_open(kwargs: dict, code: str) -> None:
     runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
-    runs[0] = make_manifest("a", regime="large", seed=0, family="A", version="A1", **{"heldout": 1.2, **kwargs})
+    runs[0] = make_manifest(
+        "a", regime="large", seed=0, family="A", version="A1", **{"heldout": 1.2, **kwargs}
+    )
     result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
     submission = result.leaderboard.submissions[0]
     assert result.weights == {}
     assert submission.reasons == ("cell.missing",)
     assert code in submission.runs[0].reasons and submission.runs[0].outcome == "ignored"
     # redoing the run properly completes the cell
-    fixed = [*runs, make_manifest("a", regime="large", seed=0, family="A", version="A1", heldout=1.2, run_id="z")]
+    fixed = [
+        *runs,
+        make_manifest("a", regime="large", seed=0, family="A", version="A1", heldout=1.2, run_id="z"),
+    ]
     result = compute_weights([record("a", "alice", 1, fixed, family="A", version="A1")], policy(), UIDS, 5)
     assert result.weights == {1: 1.0}
 
 
 def test_miner_failure_cannot_be_washed_out_by_a_retry() -> None:
     runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
-    runs.append(make_manifest("a", regime="large", seed=0, family="A", version="A1", failure=("model.oom", "miner"), run_id="0"))
+    runs.append(
+        make_manifest(
+            "a", regime="large", seed=0, family="A", version="A1", failure=("model.oom", "miner"), run_id="0"
+        )
+    )
     result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
     assert result.weights == {}
     assert "run.miner_failure" in result.leaderboard.submissions[0].runs[0].reasons
@@ -261,15 +291,24 @@ def test_evaluator_reasons_are_honoured_and_waivable() -> None:
     assert compute_weights(records, policy(), UIDS, 5).weights == {}
     waived = policy(waived_reasons=frozenset({"profile.not_official"}))
     assert compute_weights(records, waived, UIDS, 5).weights == {1: 1.0}
-    unknown = full_grid("b", grid((1.2, 1.2), (1.2, 1.2)), family="B", version="B1", reasons=("gate.future_check",))
+    unknown = full_grid(
+        "b", grid((1.2, 1.2), (1.2, 1.2)), family="B", version="B1", reasons=("gate.future_check",)
+    )
     result = compute_weights([record("b", "bob", 1, unknown, family="B", version="B1")], waived, UIDS, 5)
     assert result.weights == {} and "cell.failed" in result.leaderboard.submissions[0].reasons
+    assert "run.unknown_ineligibility" in result.leaderboard.submissions[0].runs[0].reasons
 
 
 def test_missing_regime_means_no_partial_credit() -> None:
-    runs = [m for m in full_grid("a", grid((1.0, 1.0), (1.0, 1.0)), family="A", version="A1") if m.regime.name == "small"]
+    runs = [
+        m
+        for m in full_grid("a", grid((1.0, 1.0), (1.0, 1.0)), family="A", version="A1")
+        if m.regime.name == "small"
+    ]
     slow = arch("b", "bob", 2, 1.5, family="B", version="B1")
-    result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1"), slow], policy(), UIDS, 5)
+    result = compute_weights(
+        [record("a", "alice", 1, runs, family="A", version="A1"), slow], policy(), UIDS, 5
+    )
     assert result.leaderboard.leader_family_id == "B"
     assert reasons_of(result, "alice") == ("cell.missing",)
     assert result.weights == {2: 1.0}
@@ -392,9 +431,9 @@ def test_pool_split_and_deregistered_architecture_owner() -> None:
     dropped = compute_weights(records, policy(), no_alice, 30)
     assert dropped.weights == pytest.approx({5: 1.0})
     assert "owner.deregistered" in reasons_of(dropped, "alice")
-    assert compute_weights(records, policy(unclaimed_rule="burn", burn_uid=7), no_alice, 30).weights == pytest.approx(
-        {7: 0.6, 5: 0.4}
-    )
+    assert compute_weights(
+        records, policy(unclaimed_rule="burn", burn_uid=7), no_alice, 30
+    ).weights == pytest.approx({7: 0.6, 5: 0.4})
 
 
 def test_nothing_scored_gives_empty_weights_or_burn() -> None:

@@ -79,12 +79,16 @@ def _population() -> list[SubmissionRecord]:
 RECORDS = _population()
 UIDS = {f"h{i}": i for i in range(1, 9)}
 REFERENCE = compute_weights(RECORDS, POLICY, UIDS, block=100)
+LINEAR = POLICY.model_copy(update={"pool_policy": "top_k_linear", "unclaimed_rule": "burn"})
+LINEAR_UIDS = {k: v for k, v in UIDS.items() if k != "h2"}  # the leader's owner deregistered
+LINEAR_REFERENCE = compute_weights(RECORDS, LINEAR, LINEAR_UIDS, block=100)
 
 
 def test_population_is_non_trivial() -> None:
     board = REFERENCE.leaderboard
     assert len(board.families) == 4 and len(REFERENCE.weights) == 2
     assert any(v.best for v in board.variants)
+    assert len(LINEAR_REFERENCE.weights) >= 4 and 0 in LINEAR_REFERENCE.weights  # ranks paid + burn
 
 
 @settings(max_examples=40, deadline=None)
@@ -99,3 +103,18 @@ def test_permuting_records_and_runs_gives_identical_results(order: list[int], rn
     assert result.weights == REFERENCE.weights
     assert result.leaderboard == REFERENCE.leaderboard
     assert result.events == REFERENCE.events
+    linear = compute_weights(shuffled, LINEAR, LINEAR_UIDS, block=100)
+    assert linear.weights == LINEAR_REFERENCE.weights
+    assert linear.leaderboard == LINEAR_REFERENCE.leaderboard
+
+
+def test_duplicate_records_are_merged_whatever_their_order() -> None:
+    first = RECORDS[0]
+    halves = (
+        first.model_copy(update={"runs": first.runs[:3]}),
+        first.model_copy(update={"runs": first.runs[3:]}),
+    )
+    for ordered in (halves, halves[::-1]):
+        result = compute_weights([*ordered, *RECORDS[1:]], POLICY, UIDS, block=100)
+        assert result.weights == REFERENCE.weights
+        assert result.leaderboard == REFERENCE.leaderboard

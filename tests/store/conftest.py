@@ -10,7 +10,9 @@ from pathlib import Path
 def _load_builders() -> None:
     if "prism_test_manifests" in sys.modules:
         return
-    spec = importlib.util.spec_from_file_location("prism_test_manifests", Path(__file__).parent.parent / "scoring" / "manifests.py")
+    spec = importlib.util.spec_from_file_location(
+        "prism_test_manifests", Path(__file__).parent.parent / "scoring" / "manifests.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["prism_test_manifests"] = module

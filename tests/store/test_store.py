@@ -45,7 +45,10 @@ def test_queue_lifecycle(store: Store) -> None:
     assert store.enqueue_runs(keys) == 0  # idempotent
     first = store.claim_next_run()
     assert first == keys[0]
-    assert store.fail_run(first, code="sandbox.crashed", fault="infrastructure", message="x", retry=True) == "queued"
+    assert (
+        store.fail_run(first, code="sandbox.crashed", fault="infrastructure", message="x", retry=True)
+        == "queued"
+    )
     second = store.claim_next_run()
     assert second == keys[0]  # oldest first: the retried run comes back before the others
     store.finish_run(second, "m.json", sha("m"))
@@ -70,7 +73,9 @@ def test_retries_stop_after_max_attempts(store: Store) -> None:
     store.enqueue_runs([key("a")])
     for attempt in range(1, 4):
         claimed = store.claim_next_run()
-        state = store.fail_run(claimed, code="infra.x", fault="infrastructure", message="", retry=True, max_attempts=3)
+        state = store.fail_run(
+            claimed, code="infra.x", fault="infrastructure", message="", retry=True, max_attempts=3
+        )
         assert state == ("queued" if attempt < 3 else "failed")
     assert store.claim_next_run() is None
 
@@ -99,7 +104,9 @@ def test_put_blob_is_content_addressed_atomic_and_checked(store: Store) -> None:
 def _fill(store: Store, tmp_path: Path) -> None:
     """Two architecture submissions with complete reference runs, recorded as a validator would."""
     for label, hotkey, block, bpb in (("a", "alice", 10, 1.3), ("b", "bob", 11, 1.2)):
-        store.upsert_submission(hotkey=hotkey, zip_sha256=sha(label), commit_block=block, kind="architecture_only")
+        store.upsert_submission(
+            hotkey=hotkey, zip_sha256=sha(label), commit_block=block, kind="architecture_only"
+        )
         store.record_intake(sha(label), ok=True)
         manifests = full_grid(label, grid((bpb, bpb), (bpb, bpb)), family=label.upper(), version=f"{label}1")
         store.enqueue_runs([key(label, m.regime.name, m.seed) for m in manifests])
@@ -112,7 +119,9 @@ def _fill(store: Store, tmp_path: Path) -> None:
 
 def test_records_for_scoring_loads_manifests_and_skips_tampered(store: Store, tmp_path: Path) -> None:
     _fill(store, tmp_path)
-    store.upsert_submission(hotkey="carol", zip_sha256=sha("c"), commit_block=12, kind="full")  # no intake yet
+    store.upsert_submission(
+        hotkey="carol", zip_sha256=sha("c"), commit_block=12, kind="full"
+    )  # no intake yet
     records = store.records_for_scoring(PROFILE, PROFILE_VERSION)
     assert [(r.hotkey, r.family_id, r.version_id, len(r.runs)) for r in records] == [
         ("alice", "A", "a1", 4),

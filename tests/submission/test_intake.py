@@ -12,6 +12,7 @@ from submission_helpers import EXAMPLES, MINIMAL_MODEL, zip_of
 
 from prism.errors import OperatorError
 from prism.submission import (
+    ArchiveError,
     IntakeLimits,
     check_submission,
     load_submission,
@@ -34,7 +35,7 @@ def test_tiny_example_layout_matches_its_manifest() -> None:
     assert submission.architecture_files == ("src/model.py", "src/layers.py")
     assert submission.training_entrypoint == "src/train.py"
     assert submission.training_files == ("src/train.py", "src/losses.py")
-    assert submission.python_paths == (".", "src")
+    assert submission.python_paths == ("src", ".")
 
 
 def test_gpt_example_declares_its_optimizer_hook() -> None:
@@ -166,9 +167,6 @@ def test_oversized_file_refused_before_reading(tmp_path: Path) -> None:
 
 
 def test_single_file_with_bad_name_is_rejected() -> None:
-    report_code = None
-    try:
+    with pytest.raises(ArchiveError) as info:
         load_submission_bytes(MINIMAL_MODEL, filename="my model.py")
-    except Exception as exc:  # noqa: BLE001 - inspected below
-        report_code = getattr(exc, "code", None)
-    assert report_code == "zip.bad_name"
+    assert info.value.code == "zip.bad_name"

@@ -45,7 +45,7 @@ def test_full_project_layout() -> None:
     assert submission.training_fingerprint is not None
     assert submission.architecture_id is None
     assert submission.manifest_file == "prism.yaml"
-    assert submission.python_paths == (".", "src")
+    assert submission.python_paths == ("src", ".")
 
 
 def test_prism_yml_is_accepted() -> None:

@@ -101,7 +101,7 @@ def test_prism_challenge_and_sibling_stem_imports_pass() -> None:
     files = {
         "prism.yaml": b"kind: full\narchitecture:\n  entrypoint: src/model.py\n  files: [src/blocks/attention.py]\n"
         b"training:\n  entrypoint: src/train.py\n",
-        "src/model.py": b"import torch\nfrom attention import Attention\nfrom train import recipe\n\n"
+        "src/model.py": b"import torch\nfrom blocks.attention import Attention\nfrom train import recipe\n\n"
         b"def build_model(ctx):\n    return Attention(ctx.vocab_size)\n\ndef get_recipe(ctx):\n    return recipe(ctx)\n",
         "src/blocks/attention.py": b"import torch\n\nclass Attention(torch.nn.Embedding):\n    def __init__(self, v):\n"
         b"        super().__init__(v, v)\n",
@@ -110,7 +110,20 @@ def test_prism_challenge_and_sibling_stem_imports_pass() -> None:
         b"    return TrainingRecipe(learning_rate=3e-4, batch_size=2)\n",
     }
     submission = load_submission_bytes(zip_of(files))
-    assert submission.python_paths == (".", "src", "src/blocks")
+    assert submission.python_paths == ("src", ".")
+
+
+def test_stem_import_of_a_file_off_the_import_path() -> None:
+    files = {
+        "prism.yaml": b"kind: full\narchitecture:\n  entrypoint: src/model.py\n  files: [src/blocks/attention.py]\n",
+        "src/model.py": b"from attention import Attention\n" + BASE.encode(),
+        "src/blocks/attention.py": b"Attention = None\n",
+    }
+    report = check_from_bytes(zip_of(files))
+    assert [(p.code, p.file, p.line) for p in report.problems] == [
+        ("static.unreachable_module", "src/model.py", 1)
+    ]
+    assert "src/blocks/attention.py" in report.problems[0].message
 
 
 @pytest.mark.parametrize(
@@ -134,6 +147,8 @@ def test_prism_challenge_and_sibling_stem_imports_pass() -> None:
         ("import prism.chain", "static.forbidden_import"),
         ("from prism import submission", "static.forbidden_import"),
         ("from torch import hub", "static.forbidden_import"),
+        ("from torch import os", "static.forbidden_import"),
+        ("import numpy.distutils", "static.forbidden_import"),
         ("import torch.utils.cpp_extension", "static.forbidden_import"),
         ("from . import nowhere_module", "static.forbidden_import"),
         ("x = eval('1')", "static.forbidden_call"),
@@ -152,6 +167,11 @@ def test_prism_challenge_and_sibling_stem_imports_pass() -> None:
         ("c = getattr((), '__class__')", "static.forbidden_attribute"),
         ("torch.os.system('id')", "static.forbidden_attribute"),
         ("torch.hub.load('x', 'y')", "static.forbidden_attribute"),
+        (
+            "import operator\ng = operator.attrgetter('__globals__')(build_model)",
+            "static.forbidden_attribute",
+        ),
+        ("import numpy\nlib = numpy.ctypeslib", "static.forbidden_attribute"),
         ("torch.ops.load_library('evil.so')", "static.forbidden_attribute"),
         (
             "def f():\n    try:\n        raise ValueError\n    except ValueError as e:\n        return e.__traceback__.tb_frame.f_globals",
@@ -165,6 +185,12 @@ def test_forbidden_constructs(snippet: str, code: str) -> None:
     with pytest.raises(StaticGateError) as info:
         load_submission_bytes(zip_of({"model.py": (snippet + "\n" + BASE).encode()}))
     assert info.value.fault == "miner"
+
+
+def test_one_problem_per_getattr_escape() -> None:
+    assert gate_problems("x = getattr((), '__class__')\n" + BASE) == [
+        ("static.forbidden_attribute", "model.py", 1)
+    ]
 
 
 def test_problem_lines_point_at_the_construct() -> None:
@@ -226,10 +252,12 @@ def test_shadowing_a_standard_module() -> None:
 
 def test_ambiguous_stem_import() -> None:
     files = {
-        "prism.yaml": b"kind: full\narchitecture:\n  entrypoint: model.py\n  files: [a/util.py, b/util.py]\n",
-        "model.py": b"from util import thing\n" + BASE.encode(),
-        "a/util.py": b"thing = 1\n",
-        "b/util.py": b"thing = 2\n",
+        "prism.yaml": b"kind: full\narchitecture:\n  entrypoint: src/model.py\n  files: [src/util.py]\n"
+        b"training:\n  entrypoint: lib/train.py\n  files: [lib/util.py]\n",
+        "src/model.py": b"from util import thing\n" + BASE.encode(),
+        "src/util.py": b"thing = 1\n",
+        "lib/train.py": b"x = 1\n",
+        "lib/util.py": b"thing = 2\n",
     }
     report = check_from_bytes(zip_of(files))
-    assert [(p.code, p.file) for p in report.problems] == [("static.ambiguous_module", "model.py")]
+    assert [(p.code, p.file) for p in report.problems] == [("static.ambiguous_module", "src/model.py")]
