@@ -182,6 +182,7 @@ class Miner:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        endpoint_ip = published_ip(self.config)  # a config mistake fails before anything starts
         await self._check_registered()
         packed = pack_and_check(self.config.submission)
         logger.info(
@@ -206,8 +207,9 @@ class Miner:
         )
         port = await self.axon.start()
         try:
-            await self._publish_endpoint(published_ip(self.config), self.config.axon_external_port or port)
+            await self._publish_endpoint(endpoint_ip, self.config.axon_external_port or port)
             self.committed_sha256 = await self._chain_sha256()
+            self.axon.set_committed(self.committed_sha256)
             # Serve the new ZIP at once: validators holding the old commitment get a retryable 404.
             self._serve(packed)
             await self._commit_if_needed(packed)
@@ -248,8 +250,8 @@ class Miner:
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Start, then step every ``sync_interval_s`` until ``stop`` is set; always stops cleanly."""
-        await self.start()
         try:
+            await self.start()
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.config.sync_interval_s)

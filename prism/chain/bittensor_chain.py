@@ -37,6 +37,7 @@ from prism.chain.errors import (
     SubnetMissing,
 )
 from prism.chain.wallets import hotkey_ss58
+from prism.errors import OperatorError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,10 @@ class BittensorChain:
         self.netuid = netuid
         self.network = endpoint or network
         # Construction is cold in bittensor 11 (no socket until the first call).
-        self._client = client if client is not None else bt.Subtensor(self.network)
+        try:
+            self._client = client if client is not None else bt.Subtensor(self.network)
+        except ValueError as exc:  # an unknown network name
+            raise OperatorError(str(exc), code="config.invalid") from exc
         self.read_timeout_s = read_timeout_s
         self.write_timeout_s = write_timeout_s
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="prism-chain")

@@ -243,14 +243,27 @@ class LocalChain:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise ChainUnavailable(f"local chain {self.path} is locked: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise ChainUnavailable(f"local chain {self.path} is locked or unreadable: {exc}") from exc
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise ChainUnavailable(f"local chain {self.path} write failed: {exc}") from exc
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def __enter__(self) -> LocalChain:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

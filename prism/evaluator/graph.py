@@ -342,14 +342,15 @@ def _sha256_json(value: Any) -> str:
 def collapse_repeats(sequence: list[str]) -> list[str]:
     """Fold consecutive copies of a block of ops into one copy, repeatedly, until none is left.
 
-    Each step folds the *largest* tandem repeat: the run of ``k >= 2`` adjacent copies of a
-    length-``p`` block that covers the most ops (``k * p``; ties: shorter period, then leftmost).
-    Folding the biggest run first means that in ``E B^n H`` (an embedding, ``n`` identical
-    layers, a head) the layer stack is folded to one layer before anything that straddles a
-    layer boundary, so every depth ``n >= 1`` reaches the same result. The result contains no
-    two adjacent equal blocks. Folding squares is not confluent in general, so this is a
-    heuristic: random-sequence checks find ``E B^n H`` pairs that disagree about once in 10^4,
-    all with ``E`` or ``H`` built from fragments of ``B``; real layer stacks are not like that.
+    Each round lists every tandem repeat (a run of ``k >= 2`` adjacent copies of a length-``p``
+    block) and folds them *largest first*: by ops covered (``k * p``; ties: shorter period, then
+    leftmost), skipping any run that overlaps one already chosen in this round. Folding the
+    biggest run first means that in ``E B^n H`` (an embedding, ``n`` identical layers, a head)
+    the layer stack is folded to one layer before anything that straddles a layer boundary, so
+    every depth ``n >= 1`` reaches the same result. The result contains no two adjacent equal
+    blocks. Folding squares is not confluent in general, so this is a heuristic: random-sequence
+    checks find ``E B^n H`` pairs that disagree about once in 10^4, all with ``E`` or ``H`` made
+    of fragments of ``B``; real layer stacks are not like that.
     """
     if len(sequence) > MAX_FAMILY_OPS:
         raise GraphRecordingError(
@@ -361,18 +362,18 @@ def collapse_repeats(sequence: list[str]) -> list[str]:
     array = np.array([codes.setdefault(op, len(codes)) for op in sequence], dtype=np.int64)
     names = {code: op for op, code in codes.items()}
     while True:
-        run = _largest_tandem_repeat(array)
-        if run is None:
+        runs = _disjoint_largest_runs(array)
+        if not runs:
             break
-        start, period, copies = run
-        array = np.concatenate((array[: start + period], array[start + copies * period :]))
+        # Right to left, so the starts of the runs still to fold stay valid.
+        for start, period, copies in sorted(runs, reverse=True):
+            array = np.concatenate((array[: start + period], array[start + copies * period :]))
     return [names[int(code)] for code in array]
 
 
-def _largest_tandem_repeat(array: np.ndarray) -> tuple[int, int, int] | None:
-    """(start, period, copies) of the run of repeats covering the most ops; None if none."""
-    best: tuple[int, int, int] | None = None
-    best_key: tuple[int, int, int] | None = None
+def _tandem_runs(array: np.ndarray) -> list[tuple[int, int, int]]:
+    """Every maximal run of repeats as (start, period, copies)."""
+    runs: list[tuple[int, int, int]] = []
     for period in range(1, len(array) // 2 + 1):
         equal = array[:-period] == array[period:]
         if not equal.any():
@@ -381,17 +382,24 @@ def _largest_tandem_repeat(array: np.ndarray) -> tuple[int, int, int] | None:
         edges = np.diff(np.concatenate(([0], equal.astype(np.int8), [0])))
         starts = np.flatnonzero(edges == 1)
         lengths = np.flatnonzero(edges == -1) - starts
-        long_enough = lengths >= period
-        if not long_enough.any():
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+            if length >= period:
+                runs.append((start, period, (length + period) // period))
+    return runs
+
+
+def _disjoint_largest_runs(array: np.ndarray) -> list[tuple[int, int, int]]:
+    """The runs to fold this round: largest coverage first, none overlapping another."""
+    ranked = sorted(_tandem_runs(array), key=lambda run: (-run[1] * run[2], run[1], run[0]))
+    taken = np.zeros(len(array), dtype=bool)
+    chosen: list[tuple[int, int, int]] = []
+    for start, period, copies in ranked:
+        end = start + period * copies
+        if taken[start:end].any():
             continue
-        copies = (lengths[long_enough] + period) // period
-        pick = int(np.argmax(copies))  # argmax takes the leftmost of equal runs
-        start = int(starts[long_enough][pick])
-        key = (int(copies[pick]) * period, -period, -start)
-        if best_key is None or key > best_key:
-            best_key = key
-            best = (start, period, int(copies[pick]))
-    return best
+        taken[start:end] = True
+        chosen.append((start, period, copies))
+    return chosen
 
 
 __all__ = [

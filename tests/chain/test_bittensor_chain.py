@@ -29,6 +29,7 @@ from prism.chain.errors import (
     SubnetMissing,
 )
 from prism.chain.wallets import create_wallet
+from prism.errors import OperatorError
 
 NETUID = 11
 SHA = "ab" * 32
@@ -257,3 +258,7 @@ def test_default_client_is_a_cold_subtensor() -> None:
     # Construction must not touch the network (nothing is reachable here).
     chain = BittensorChain(NETUID, network="test")
     assert "Subtensor" in repr(chain._client) and "cold" in repr(chain._client)
+    assert BittensorChain(NETUID, endpoint="ws://127.0.0.1:9944").network == "ws://127.0.0.1:9944"
+    with pytest.raises(OperatorError) as unknown:
+        BittensorChain(NETUID, network="moon")
+    assert unknown.value.code == "config.invalid"

@@ -99,13 +99,17 @@ def _tiny_profile(**regime_updates: object):
 
 
 @pytest.fixture
-def clean_modules() -> Iterator[None]:
-    """In-process runs import submissions by stem (model, train, ...): forget them afterwards."""
-    before = set(sys.modules)
+def clean_modules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """In-process runs import submissions by stem (model, train, ...): forget them afterwards.
+
+    Only modules loaded from pytest's temp dirs go; torch's lazily imported submodules stay.
+    """
+    base = str(tmp_path_factory.getbasetemp().resolve())
     path_before = list(sys.path)
     yield
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(base):
+            del sys.modules[name]
     sys.path[:] = path_before
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,7 @@ from prism.evaluator.loading import (
     resolve_hooks,
 )
 
-
-@pytest.fixture(autouse=True)
-def _clean_modules() -> Iterator[None]:
-    """Submissions import by stem (model, train, layers): forget them between tests."""
-    before = set(sys.modules)
-    path_before = list(sys.path)
-    yield
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
-    sys.path[:] = path_before
+pytestmark = pytest.mark.usefixtures("clean_modules")
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

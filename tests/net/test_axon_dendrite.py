@@ -375,3 +375,45 @@ def test_down_and_slow_miners_do_not_stall_the_others(chain, wallets, net) -> No
         assert elapsed < 3.0, elapsed
 
     net.run(scenario())
+
+
+def test_concurrency_is_bounded_across_miners(chain, wallets, net) -> None:
+    data = net.make_zip("counted\n")
+    sha = hashlib.sha256(data).hexdigest()
+    in_flight = {"now": 0, "peak": 0}
+
+    async def counted(request: web.Request) -> web.Response:
+        in_flight["now"] += 1
+        in_flight["peak"] = max(in_flight["peak"], in_flight["now"])
+        await asyncio.sleep(0.1)
+        in_flight["now"] -= 1
+        return web.Response(body=data, content_type="application/zip")
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get(SUBMISSION_PATH, counted)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = net.neuron_of(chain, wallets["miner"])
+        targets = [
+            (
+                base.model_copy(
+                    update={"uid": 10 + i, "axon": AxonInfo(ip="127.0.0.1", port=runner.addresses[0][1])}
+                ),
+                sha,
+            )
+            for i in range(6)
+        ]
+        try:
+            async with Dendrite(
+                wallets["validator"], FAST.model_copy(update={"max_concurrency": 2})
+            ) as dendrite:
+                results = await dendrite.fetch_many(targets)
+        finally:
+            await runner.cleanup()
+        assert [r.uid for r in results] == [10, 11, 12, 13, 14, 15]  # input order
+        assert all(r.ok for r in results)
+        assert in_flight["peak"] == 2
+
+    net.run(scenario())

@@ -88,6 +88,9 @@ def test_gpt_is_causal_and_trains() -> None:
         with torch.no_grad():
             assert torch.allclose(model(tokens[:, :16])[:, :-1], model(changed)[:, :-1], atol=1e-5)
         optimizer = train.configure_optimizer(model, gpt.get_recipe(ctx), ctx)
+        grouped = [p for group in optimizer.param_groups for p in group["params"]]
+        assert sorted(map(id, grouped)) == sorted(id(p) for p in model.parameters())
+        assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
         losses = []
         for _ in range(25):
             logits = model(tokens[:, :-1])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -170,3 +173,31 @@ def test_single_file_with_bad_name_is_rejected() -> None:
     with pytest.raises(ArchiveError) as info:
         load_submission_bytes(MINIMAL_MODEL, filename="my model.py")
     assert info.value.code == "zip.bad_name"
+
+
+def check_submission_from(tmp_path: Path, files: dict[str, bytes]):
+    path = tmp_path / "s.zip"
+    path.write_bytes(zip_of(files))
+    return check_submission(path)
+
+
+def test_intake_never_runs_submission_code(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    # Module-level code that would leave a mark if anything imported or ran it (the gate rejects
+    # the `open`, but intake must not get as far as running it either way).
+    source = MINIMAL_MODEL + f"\nopen({str(marker)!r}, 'w').write('ran')\n".encode()
+    report = check_submission_from(tmp_path, {"model.py": source})
+    assert [p.code for p in report.problems] == ["static.forbidden_call"]
+    assert not marker.exists()
+
+
+def test_intake_imports_neither_torch_nor_bittensor() -> None:
+    code = (
+        "import sys, json; from prism.submission import load_submission;"
+        f"load_submission({str(EXAMPLES / 'gpt')!r});"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bittensor'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout) == []

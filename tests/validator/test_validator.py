@@ -1,0 +1,213 @@
+"""The validator loop: planning, intake outcomes, and whole validators on the embedded chain.
+
+The integration tests run the real thing: wallets, a LocalChain file, miner processes serving
+real ZIPs over signed HTTP, validator processes that fetch, sandbox-train and score them with a
+tiny profile, and set weights on the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prism.chain.local import LocalChain, SubnetParams
+from prism.chain.wallets import create_wallet, hotkey_ss58
+from prism.net.dendrite import FetchResult, FetchStatus
+from prism.profiles import load_profile
+from prism.store import Store
+from prism.submission import load_submission
+from prism.validator import Candidate, LoopState, intake, planned_runs
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_PROFILE = Path(__file__).with_name("tiny_profile.yaml")
+NETUID = 3
+
+
+def test_planned_runs_follow_kind_and_hooks() -> None:
+    profile = load_profile("gpu_proxy_eval")
+    cells = len(profile.regimes) * len(profile.seeds)
+    gpt = load_submission(REPO / "examples" / "gpt")  # full, defines configure_optimizer
+    tiny = load_submission(REPO / "examples" / "tiny")  # full, no hooks
+    gpt_modes = sorted({k.recipe_mode for k in planned_runs(gpt, profile)})
+    assert gpt_modes == ["reference", "submitted"]
+    assert len(planned_runs(gpt, profile)) == 2 * cells
+    tiny_runs = planned_runs(tiny, profile)
+    assert {k.recipe_mode for k in tiny_runs} == {"reference"}
+    assert {(k.regime, k.seed) for k in tiny_runs} == {
+        (r.name, s) for r in profile.regimes for s in profile.seeds
+    }
+
+
+def test_intake_records_miner_faults_and_backs_off_unreachable(tmp_path: Path) -> None:
+    profile = load_profile(str(TINY_PROFILE))
+    good = load_submission(REPO / "examples" / "tiny")
+    bad_sha = "b" * 64
+    candidates = [
+        Candidate(hotkey="hk-mismatch", uid=1, sha256=bad_sha, commit_block=10),
+        Candidate(hotkey="hk-down", uid=2, sha256="c" * 64, commit_block=11),
+        Candidate(hotkey="hk-good", uid=3, sha256=good.zip_sha256, commit_block=12),
+    ]
+    results = [
+        FetchResult(hotkey="hk-mismatch", uid=1, status=FetchStatus.HASH_MISMATCH, expected_sha256=bad_sha,
+                    code="net.hash_mismatch", fault="miner", retryable=False),
+        FetchResult(hotkey="hk-down", uid=2, status=FetchStatus.UNREACHABLE, expected_sha256="c" * 64,
+                    code="net.unreachable", fault="infrastructure", retryable=True),
+        FetchResult(hotkey="hk-good", uid=3, status=FetchStatus.OK, expected_sha256=good.zip_sha256,
+                    data=good.zip_bytes, sha256=good.zip_sha256),
+    ]  # fmt: skip
+    state = LoopState()
+    with Store.open(tmp_path / "v.sqlite3") as store:
+        counts = intake(results, candidates, store, profile, state, block=20)
+        rows = {row["hotkey"]: row for row in store.submissions()}
+        assert counts == {"fetched": 1, "rejected": 0, "unreachable": 1, "miner_fault": 1, "queued_runs": 1}
+        assert rows["hk-mismatch"]["intake_ok"] == 0
+        assert json.loads(rows["hk-mismatch"]["intake_codes"]) == ["net.hash_mismatch"]
+        assert "hk-down" not in rows  # never penalized, only retried later
+        assert state.unreachable["hk-down"] > 20
+        assert rows["hk-good"]["intake_ok"] == 1
+        assert store.blob_path(good.zip_sha256).read_bytes() == good.zip_bytes
+        assert [r.state for r in store.runs(good.zip_sha256)] == ["queued"]
+
+
+# --------------------------------------------------------------------------------------------
+# Whole validators on the embedded chain.
+
+
+def _flags(chain_path: Path, wallets: Path, name: str) -> list[str]:
+    return ["--netuid", str(NETUID), "--wallet.name", name, "--wallet.hotkey", "default",
+            "--wallet.path", str(wallets), "--chain", "local", "--chain.path", str(chain_path)]  # fmt: skip
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as handle:
+        return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _status(state_dir: Path) -> dict | None:
+    try:
+        return json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _run_states(state_dir: Path) -> list[str]:
+    db = state_dir / "validator.sqlite3"
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        try:
+            return [row[0] for row in conn.execute("SELECT state FROM runs")]
+        except sqlite3.OperationalError:
+            return []
+
+
+def _wait(predicate, timeout_s: float, what: str, procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for proc in procs:
+            if proc.poll() is not None:
+                tail = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*.log")))
+                pytest.fail(f"a neuron exited ({proc.returncode}) while waiting for {what}\n{tail}")
+        time.sleep(0.5)
+    tail = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*.log")))
+    pytest.fail(f"timed out waiting for {what}\n{tail}")
+
+
+def _finished(state_dir: Path, submissions: int) -> bool:
+    status = _status(state_dir)
+    if not status or status["submissions"] < submissions or status["pending_runs"]:
+        return False
+    states = _run_states(state_dir)
+    # weights set after the last run finished: the status is written at the end of each step
+    return bool(states) and status["last_weights_block"] is not None and bool(status["last_weights"])
+
+
+@pytest.mark.slow
+def test_killed_validator_and_second_validator_set_identical_weights(tmp_path: Path) -> None:
+    """SIGKILL mid-evaluation + restart loses and duplicates nothing; two validators agree."""
+    from prism.data import ensure_offline_corpus
+
+    wallets, logs = tmp_path / "wallets", tmp_path / "logs"
+    logs.mkdir()
+    chain_path = tmp_path / "chain.sqlite3"
+    chain = LocalChain.create(chain_path, SubnetParams(netuid=NETUID, tempo=6, weights_rate_limit=2,
+                                                       commitment_rate_limit=2), block_time_s=0.5)  # fmt: skip
+    names = {"val-a": True, "val-b": True, "miner-tiny": False, "miner-single": False}
+    for name, is_validator in names.items():
+        wallet = create_wallet(name, "default", wallets)
+        chain.register_wallet(wallet, stake=100.0 if is_validator else 1.0, validator_permit=is_validator)
+    data_dir = tmp_path / "data"
+    ensure_offline_corpus(data_dir, tokenizer="byte")
+
+    submissions = {
+        "miner-tiny": REPO / "examples" / "tiny",
+        "miner-single": REPO / "examples" / "single_file.py",
+    }
+    procs = []
+    for name, path in submissions.items():
+        argv = [sys.executable, "-m", "prism.miner", *_flags(chain_path, wallets, name), "--submission", str(path),
+                "--axon.ip", "127.0.0.1", "--axon.port", "0", "--sync_interval", "1"]  # fmt: skip
+        procs.append(_spawn(argv, logs / f"{name}.log"))
+
+    def validator(name: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "prism.validator", *_flags(chain_path, wallets, name),
+                "--neuron.state_dir", str(tmp_path / name), "--profile", str(TINY_PROFILE),
+                "--data", str(data_dir), "--scoring.waive", "profile.not_official",
+                "--loop_interval", "0.5", "--wandb.off"]  # fmt: skip
+        return _spawn(argv, logs / f"{name}.log")
+
+    try:
+        val_a, val_b = validator("val-a"), validator("val-b")
+        procs += [val_a, val_b]
+        # Kill validator A while its first evaluation runs (sandboxed training in flight).
+        _wait(lambda: "running" in _run_states(tmp_path / "val-a"), 240, "val-a to start a run", procs, logs)
+        os.killpg(val_a.pid, signal.SIGKILL)
+        val_a.wait()
+        procs.remove(val_a)
+        val_a = validator("val-a")
+        procs.append(val_a)
+        for name in ("val-a", "val-b"):
+            _wait(lambda n=name: _finished(tmp_path / n, 2), 420, f"{name} to finish", procs, logs)
+
+        results = {}
+        for name in ("val-a", "val-b"):
+            with Store.open(tmp_path / name / "validator.sqlite3") as store:
+                runs = store.runs()
+                keys = [r.key for r in runs]
+                assert len(keys) == len(set(keys)), "a run was duplicated"
+                assert all(r.state == "done" for r in runs), [(r.key.regime, r.state) for r in runs]
+                assert all(r.manifest_path and Path(r.manifest_path).exists() for r in runs)
+                results[name] = (sorted((k.zip_sha256, k.recipe_mode) for k in keys), store.last_weights())
+        (keys_a, (_, weights_a)), (keys_b, (_, weights_b)) = results["val-a"], results["val-b"]
+        assert keys_a == keys_b and len(keys_a) == 2
+        assert weights_a == weights_b and weights_a, (weights_a, weights_b)
+        # the weights reached the chain: both validators' rows name the same uids
+        on_chain = LocalChain(chain_path, NETUID).weights()
+        hotkeys = {name: hotkey_ss58(create_wallet(name, "default", wallets)) for name in ("val-a", "val-b")}
+        assert on_chain[hotkeys["val-a"]].weights == on_chain[hotkeys["val-b"]].weights
+        restarted_attempts = [r.attempts for r in Store.open(tmp_path / "val-a" / "validator.sqlite3").runs()]
+        assert max(restarted_attempts) == 2  # the killed run was re-queued once and finished
+    finally:
+        for proc in procs:
+            _stop(proc)
