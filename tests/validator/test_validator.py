@@ -211,3 +211,15 @@ def test_killed_validator_and_second_validator_set_identical_weights(tmp_path: P
     finally:
         for proc in procs:
             _stop(proc)
+
+
+def test_wandb_callback_logs_stage_numbers_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prism.validator import WandbCallback, WandbConfig
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    callback = WandbCallback(WandbConfig(mode="offline", dir=tmp_path), hotkey="hk")
+    callback.on_stage_end("evaluate", {"heldout_bpb": 3.5, "run": "run-x"})
+    callback.close()
+    logged = list(tmp_path.rglob("*.wandb"))
+    assert logged, "wandb wrote no offline run file"
+    assert any(b"heldout_bpb" in path.read_bytes() for path in logged)
