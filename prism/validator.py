@@ -224,24 +224,49 @@ def planned_runs(submission: Any, profile: Profile) -> list[RunKey]:
     ]
 
 
-def intake(results: list[Any], candidates: list[Candidate], store: Store, profile: Profile, state: LoopState,
-           block: int) -> dict[str, Any]:  # fmt: skip
-    """Store fetched ZIPs, run intake, record verdicts and queue the runs each submission needs."""
+def _record_rejection(store: Store, candidate: Candidate, code: str, zip_path: Path | None = None) -> None:
+    """A submission that earns nothing: recorded with its code so it is never fetched again."""
+    store.upsert_submission(hotkey=candidate.hotkey, zip_sha256=candidate.sha256,
+                            commit_block=candidate.commit_block, kind="full", uid=candidate.uid)  # fmt: skip
+    store.record_intake(candidate.sha256, ok=False, codes=[code], zip_path=zip_path)
+
+
+def admit(store: Store, candidate: Candidate, data: bytes, profile: Profile) -> int | None:
+    """Store the ZIP, run intake, record the verdict and queue the runs it needs.
+
+    Returns how many runs were newly queued, or None when intake rejected the ZIP.
+    """
     from prism.submission import SubmissionError, load_submission_bytes
 
+    zip_path = store.put_blob(data, expected_sha256=candidate.sha256)
+    try:
+        submission = load_submission_bytes(data)
+    except SubmissionError as exc:
+        _record_rejection(store, candidate, exc.code, zip_path)
+        logger.info("intake rejected %s from %s: %s", candidate.sha256[:12], candidate.hotkey[:10], exc)
+        return None
+    store.upsert_submission(
+        hotkey=candidate.hotkey,
+        zip_sha256=candidate.sha256,
+        commit_block=candidate.commit_block,
+        kind=submission.kind,
+        uid=candidate.uid,
+        target_architecture_id=submission.architecture_id,
+        training_fingerprint=submission.training_fingerprint,
+    )
+    store.record_intake(candidate.sha256, ok=True, zip_path=zip_path)
+    return store.enqueue_runs(planned_runs(submission, profile))
+
+
+def intake(results: list[Any], candidates: list[Candidate], store: Store, profile: Profile, state: LoopState,
+           block: int) -> dict[str, Any]:  # fmt: skip
+    """Admit every fetched ZIP; record miner faults; back off from miners that did not answer."""
     counts = {"fetched": 0, "rejected": 0, "unreachable": 0, "miner_fault": 0, "queued_runs": 0}
     for candidate, result in zip(candidates, results, strict=True):
         if not result.ok:
             if result.is_miner_fault:
                 counts["miner_fault"] += 1
-                store.upsert_submission(
-                    hotkey=candidate.hotkey,
-                    zip_sha256=candidate.sha256,
-                    commit_block=candidate.commit_block,
-                    kind="full",
-                    uid=candidate.uid,
-                )
-                store.record_intake(candidate.sha256, ok=False, codes=[result.code or "net.fetch_failed"])
+                _record_rejection(store, candidate, result.code or "net.fetch_failed")
             else:  # unreachable or not serving yet: try again a few blocks later, never penalized
                 counts["unreachable"] += 1
                 state.unreachable[candidate.hotkey] = block + UNREACHABLE_BACKOFF_BLOCKS
@@ -250,32 +275,11 @@ def intake(results: list[Any], candidates: list[Candidate], store: Store, profil
             continue
         counts["fetched"] += 1
         state.unreachable.pop(candidate.hotkey, None)
-        zip_path = store.put_blob(result.data, expected_sha256=candidate.sha256)
-        try:
-            submission = load_submission_bytes(result.data)
-        except SubmissionError as exc:
+        queued = admit(store, candidate, result.data, profile)
+        if queued is None:
             counts["rejected"] += 1
-            store.upsert_submission(
-                hotkey=candidate.hotkey,
-                zip_sha256=candidate.sha256,
-                commit_block=candidate.commit_block,
-                kind="full",
-                uid=candidate.uid,
-            )
-            store.record_intake(candidate.sha256, ok=False, codes=[exc.code], zip_path=zip_path)
-            logger.info("intake rejected %s from %s: %s", candidate.sha256[:12], candidate.hotkey[:10], exc)
-            continue
-        store.upsert_submission(
-            hotkey=candidate.hotkey,
-            zip_sha256=candidate.sha256,
-            commit_block=candidate.commit_block,
-            kind=submission.kind,
-            uid=candidate.uid,
-            target_architecture_id=submission.architecture_id,
-            training_fingerprint=submission.training_fingerprint,
-        )
-        store.record_intake(candidate.sha256, ok=True, zip_path=zip_path)
-        counts["queued_runs"] += store.enqueue_runs(planned_runs(submission, profile))
+        else:
+            counts["queued_runs"] += queued
     return counts
 
 
@@ -426,29 +430,9 @@ def step(parts: ValidatorParts, state: LoopState, stop: threading.Event) -> Loop
 
 
 def _register_copies(copies: list[Candidate], store: Store, profile: Profile) -> None:
-    """A hash the store already holds (another hotkey's bytes): no download, same verdict."""
-    from prism.submission import SubmissionError, load_submission_bytes
-
+    """A hash the store already holds (another hotkey committed the same bytes): no download."""
     for candidate in copies:
-        data = store.blob_path(candidate.sha256).read_bytes()
-        try:
-            submission = load_submission_bytes(data)
-        except SubmissionError as exc:
-            store.upsert_submission(
-                hotkey=candidate.hotkey,
-                zip_sha256=candidate.sha256,
-                commit_block=candidate.commit_block,
-                kind="full",
-                uid=candidate.uid,
-            )
-            store.record_intake(candidate.sha256, ok=False, codes=[exc.code])
-            continue
-        store.upsert_submission(hotkey=candidate.hotkey, zip_sha256=candidate.sha256,
-                                commit_block=candidate.commit_block, kind=submission.kind, uid=candidate.uid,
-                                target_architecture_id=submission.architecture_id,
-                                training_fingerprint=submission.training_fingerprint)  # fmt: skip
-        store.record_intake(candidate.sha256, ok=True)
-        store.enqueue_runs(planned_runs(submission, profile))
+        admit(store, candidate, store.blob_path(candidate.sha256).read_bytes(), profile)
 
 
 def _settings(parts: ValidatorParts) -> EvaluationSettings:
