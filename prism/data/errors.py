@@ -78,6 +78,6 @@ class HubUnreachable(InfrastructureFault):
 
 
 class HubStreamFailed(InfrastructureFault):
-    """The Hub stream broke mid-way and retries were exhausted; resume with ``--skip-docs``."""
+    """The Hub stream broke mid-way and retries were exhausted (the message says at which document)."""
 
     default_code = "data.hub_stream_failed"

@@ -155,7 +155,8 @@ class TrainLoader:
         # The phase must not leave an epoch without a full global batch.
         if counts.sum() < self.batch_size * self.world_size:
             phase, counts = 0, (self.windows.sizes // width)
-        shard_ids = np.repeat(np.arange(counts.size), counts)
+        # int32 shard ids: the official slice has ~17 M windows per epoch at T=512, per rank.
+        shard_ids = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         within = np.arange(shard_ids.size) - np.repeat(starts, counts)
         offsets = phase + within * width

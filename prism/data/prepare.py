@@ -43,8 +43,9 @@ DEFAULT_CHUNK_DOCS = 512
 DEFAULT_CHUNK_CHARS = 1 << 20
 OFFLINE_CORPUS_MAX_BYTES = 3_000_000
 
-# One chunk's output: per split, (tokens uint32, byte lengths uint8); plus input text bytes.
-ChunkResult = tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, int]
+# One chunk's output: per split (tokens in the shard dtype, uint8 byte lengths, documents),
+# then the chunk's UTF-8 text bytes and token count.
+ChunkResult = tuple[dict[str, tuple[np.ndarray, np.ndarray, int]], int, int]
 
 _worker_tokenizer: Tokenizer | None = None
 
@@ -55,8 +56,13 @@ def _init_worker(tokenizer_name: str) -> None:
 
 
 def tokenize_chunk(tokenizer: Tokenizer, chunk: list[tuple[str, str]]) -> ChunkResult:
-    """Tokenize one chunk of (id, text) documents into per-split ``[EOS] + ids`` streams."""
+    """Tokenize one chunk of (id, text) documents into per-split ``[EOS] + ids`` streams.
+
+    Runs in the worker: the split, the byte lengths and the cast to the (usually uint16) shard
+    dtype all happen here, so the parent only concatenates and writes.
+    """
     lengths_table = tokenizer.token_byte_lengths()
+    dtype = np.dtype(token_dtype_for(tokenizer.vocab_size))
     eos = np.array([tokenizer.eos_id], dtype=np.uint32)
     per_split: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     encoded = tokenizer.encode_batch([text for _, text in chunk])
@@ -64,11 +70,11 @@ def tokenize_chunk(tokenizer: Tokenizer, chunk: list[tuple[str, str]]) -> ChunkR
     for (doc_id, text), ids in zip(chunk, encoded, strict=True):
         per_split[split_of(doc_id)].extend((eos, ids))
         text_bytes += len(text.encode("utf-8"))
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
     for split, parts in per_split.items():
         tokens = np.concatenate(parts)
-        out[split] = (tokens, lengths_table[tokens])
-    n_tokens = sum(t.size for t, _ in out.values())
+        out[split] = (tokens.astype(dtype), lengths_table[tokens], len(parts) // 2)
+    n_tokens = sum(t.size for t, _, _ in out.values())
     return out, text_bytes, n_tokens
 
 
@@ -245,8 +251,9 @@ def prepare_dataset(
             ):
                 for split in SPLITS:  # fixed order keeps the output independent of dict order
                     if split in result:
-                        writers[split].add(*result[split])
-                        n_docs += int(np.count_nonzero(result[split][0] == tokenizer.eos_id))
+                        tokens, lengths, docs_in_chunk = result[split]
+                        writers[split].add(tokens, lengths)
+                        n_docs += docs_in_chunk
                 n_text_bytes += text_bytes
                 n_tokens += chunk_tokens
                 elapsed = max(time.perf_counter() - started, 1e-9)

@@ -99,6 +99,19 @@ def _document_from_record(record: dict[str, Any], where: str) -> Document:
     return Document(id=str(doc_id), text=text)
 
 
+def _valid_utf8(doc: Document, where: str) -> Document:
+    """JSON may escape lone surrogates ("\\ud800"), which are not UTF-8; replace each with "?".
+
+    Parquet/Arrow strings are valid UTF-8 by construction, so only jsonl needs this.
+    """
+    try:
+        doc.text.encode("utf-8")
+    except UnicodeEncodeError:
+        logger.warning("%s: text holds lone surrogates; replaced with '?'", where)
+        return Document(id=doc.id, text=doc.text.encode("utf-8", errors="replace").decode("utf-8"))
+    return doc
+
+
 # ---------------------------------------------------------------------------------------------
 # Local parquet / jsonl(.gz) files
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +207,8 @@ class LocalFileSource:
                         raise SourceError(
                             f"{path}:{line_no}: expected a JSON object", code="data.source_unreadable"
                         )
-                    yield _document_from_record(record, f"{path}:{line_no}")
+                    doc = _document_from_record(record, f"{path}:{line_no}")
+                    yield _valid_utf8(doc, f"{path}:{line_no}")
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise SourceError(f"{path}: cannot read: {exc}", code="data.source_unreadable") from exc
 
@@ -308,7 +322,7 @@ class HubSource:
                 raise error_cls(
                     f"streaming {self.dataset} ({self.config}, revision {self.revision}) failed "
                     f"{failures} times in a row at document {position}: {type(item).__name__}: {item}. "
-                    f"Resume later with --skip-docs {position}."
+                    f"Documents from {position} on can be read later with --skip-docs {position}."
                 ) from item
             logger.warning(
                 "stream of %s failed at document %d (%s: %s); retry %d/%d",

@@ -80,6 +80,8 @@ LOGSUMEXP_TOLERANCE = 1e-6
 CAUSALITY_ATOL = 1e-4
 CAUSALITY_RTOL = 1e-4
 CAUSALITY_WINDOWS = 2
+# How much of a model's own call-to-call drift is tolerated on top of the fixed tolerances.
+CAUSALITY_DRIFT_FACTOR = 4.0
 
 EXIT_OK = 0
 EXIT_MINER_FAULT = 3
@@ -382,7 +384,10 @@ class _Evaluator:
         """Changing tokens after a cut must not change any prediction at or before it.
 
         Catches models that (by mistake or not) look at future tokens: with the whole window
-        in the input, such a model would predict most targets perfectly.
+        in the input, such a model would predict most targets perfectly. The unperturbed input
+        is run again as well, so a model whose outputs drift between calls (it updates itself,
+        or adds noise) is judged against its own drift rather than flagged for it; the drift of
+        a model that changes its weights is caught by the parameter hashes instead.
         """
         torch = self.t.torch
         n = min(CAUSALITY_WINDOWS, input_ids.shape[0])
@@ -392,13 +397,14 @@ class _Evaluator:
         cut = seq_len // 2
         perturbed = input_ids[:n].clone()
         perturbed[:, cut + 1 :] = (perturbed[:, cut + 1 :] + 1) % self.ctx.vocab_size
-        other = self._forward(perturbed)
-        if not torch.allclose(
-            other[:, : cut + 1], logits[:n, : cut + 1], atol=CAUSALITY_ATOL, rtol=CAUSALITY_RTOL
-        ):
+        changed = self._forward(perturbed)[:, : cut + 1]
+        again = self._forward(input_ids[:n].clone())[:, : cut + 1]
+        drift = float((again - logits[:n, : cut + 1]).abs().max())
+        allowed = CAUSALITY_ATOL + CAUSALITY_RTOL * again.abs() + CAUSALITY_DRIFT_FACTOR * drift
+        if bool(((changed - again).abs() > allowed).any()):
             raise MinerFault(
                 f"predictions at positions <= {cut} changed when only tokens after {cut} changed: "
-                "the model reads future tokens (or its inference is not deterministic)",
+                "the model reads future tokens",
                 code=CODE_NONCAUSAL,
             )
 

@@ -150,13 +150,13 @@ def build_checked_model(
         raise MinerFault(
             f"build_model returned {type(model).__name__}, not torch.nn.Module", code="eval.not_a_module"
         )
-    params = count_parameters(model)
+    params = _miner_call("eval.build_failed", "counting parameters", count_parameters, model)
     if params > ctx.max_parameters:
         raise MinerFault(
             f"model has {params:,} parameters, above max_parameters={ctx.max_parameters:,}",
             code="eval.too_many_parameters",
         )
-    layers = count_layers(model)
+    layers = _miner_call("eval.build_failed", "counting layers", count_layers, model)
     if layers > ctx.max_layers:
         raise MinerFault(
             f"model has {layers} layers, above max_layers={ctx.max_layers}", code="eval.too_many_layers"
@@ -338,6 +338,24 @@ def default_loss(
     return F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
 
 
+def probe_nats(
+    model: torch.nn.Module,
+    hooks: LoopHooks,
+    input_ids: torch.Tensor,
+    targets: torch.Tensor,
+    ctx: PrismContext,
+) -> torch.Tensor:
+    """Summed nats of ``targets`` under the inference path, in eval mode, without gradients."""
+    model.eval()
+    with torch.no_grad():
+        logits = inference_logits(model, hooks.inference, input_ids, ctx)  # (n, T, V)
+        nats = F.cross_entropy(
+            logits.float().reshape(-1, ctx.vocab_size), targets.reshape(-1), reduction="sum"
+        )
+    model.train()
+    return nats
+
+
 class ProbeWriter:
     """Buffers probe sums; all-reduces across ranks and appends to probe.jsonl every flush."""
 
@@ -420,20 +438,20 @@ def train_loop(
         # 1) online probe: loss of the first ceil(fraction * B) sequences, before the update sees them
         if step % probe_every == 0:
             n = max(1, math.ceil(probe_fraction * input_ids.shape[0]))
-            model.eval()
-            with torch.no_grad():
-                logits = inference_logits(model, hooks.inference, input_ids[:n], ctx)  # (n, T, V)
-                nats = F.cross_entropy(
-                    logits.float().reshape(-1, vocab), targets[:n].reshape(-1), reduction="sum"
-                )
-            model.train()
-            sums = torch.stack(
-                [
-                    nats.detach().double().cpu(),
-                    torch.tensor(float(n * seq_len), dtype=torch.float64),
-                    torch.tensor(float(batch.window_bytes[:n].sum()), dtype=torch.float64),
-                ]
+            nats = _miner_call(
+                "eval.probe_failed",
+                "the inference path",
+                probe_nats,
+                model,
+                hooks,
+                input_ids[:n],
+                targets[:n],
+                ctx,
             )
+            sums = torch.tensor(
+                [0.0, float(n * seq_len), float(batch.window_bytes[:n].sum())], dtype=torch.float64
+            )
+            sums[0] = nats.detach().double().cpu()
             probe.add(step, tokens_seen, sums)
 
         # 2) the update
@@ -591,8 +609,8 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
     model, report.parameter_count, report.layer_count = build_checked_model(
         loaded.architecture.build_model, ctx
     )
-    model.to(dist.device)
-    model.train()
+    _miner_call("eval.build_failed", "moving the model to the device", model.to, dist.device)
+    _miner_call("eval.build_failed", "model.train()", model.train)
     declared = _miner_call("eval.bad_recipe", "get_recipe(ctx)", loaded.architecture.get_recipe, ctx)
     try:
         declared_recipe = coerce_recipe(declared)
@@ -639,7 +657,13 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
     train_model: torch.nn.Module = model
     if dist.world_size > 1:
         device_ids = [dist.local_rank] if spec.device == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        train_model = _miner_call(
+            "eval.build_failed",
+            "wrapping the model in DDP",
+            torch.nn.parallel.DistributedDataParallel,
+            model,
+            device_ids,
+        )
     scheduler = None
     if custom_optimizer:
         optimizer, scheduler = configure_submitted_optimizer(
@@ -733,7 +757,9 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
         _checkpoint(total_steps)
         used["save_checkpoint"] = True
     if dist.is_main:
-        save_weights(model, out_dir / WEIGHTS_FILENAME)
+        _miner_call(
+            "eval.save_failed", "saving the trained weights", save_weights, model, out_dir / WEIGHTS_FILENAME
+        )
     timings["save"] = time.perf_counter() - t
     report.hooks = {
         name: HookUse(

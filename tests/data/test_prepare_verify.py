@@ -281,3 +281,43 @@ def test_offline_corpus_is_idempotent_and_labelled(tmp_path_factory: pytest.Temp
     assert again.sha256 == manifest.sha256
     with pytest.raises(TokenizerMismatch):
         ensure_offline_corpus(out, "gpt2")
+
+
+def test_prepare_from_the_hub_records_the_pin_and_leaves_nothing_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_rows
+) -> None:
+    import datasets
+
+    from prism.data.errors import HubStreamFailed
+    from prism.data.sources import HubSource
+
+    rows = make_rows(40)
+
+    class Stream:
+        def __init__(self, start: int = 0, fail_at: int | None = None) -> None:
+            self.start, self.fail_at = start, fail_at
+
+        def skip(self, n: int) -> Stream:
+            return Stream(self.start + n, self.fail_at)
+
+        def __iter__(self):
+            for i in range(self.start, len(rows)):
+                if i == self.fail_at:
+                    raise ConnectionError("reset by peer")
+                yield rows[i]
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: Stream())
+    hub = HubSource(config="sample-10BT", revision="0123abcd", read_timeout_s=5, retry_backoff_s=0)
+    manifest = prepare_dataset(hub, "gpt2", tmp_path / "ok", max_docs=30, skip_docs=5)
+    assert manifest.documents == 30 and manifest.limits.skip_docs == 5
+    fingerprint = data_fingerprint(manifest)
+    assert fingerprint["source"] == "hf:HuggingFaceFW/fineweb-edu" and fingerprint["is_fineweb_edu"]
+    assert (fingerprint["revision"], fingerprint["config"]) == ("0123abcd", "sample-10BT")
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: Stream(fail_at=12))
+    with pytest.raises(HubStreamFailed, match="--skip-docs 12"):
+        prepare_dataset(
+            HubSource(revision="0123abcd", max_retries=1, retry_backoff_s=0), "gpt2", tmp_path / "bad"
+        )
+    assert not (tmp_path / "bad").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ok"]  # no staging directory left behind

@@ -231,3 +231,9 @@ def test_offline_corpus_parses_docstrings_without_importing(tmp_path: Path) -> N
     assert [d.id for d in OfflineDocstringSource(roots=[tmp_path], workers=2).documents()] == [
         d.id for d in docs
     ]
+
+
+def test_jsonl_lone_surrogates_become_valid_text(tmp_path: Path) -> None:
+    (tmp_path / "s.jsonl").write_text('{"id": "1", "text": "a\\ud800b"}\n', encoding="utf-8")
+    docs = list(LocalFileSource(tmp_path / "s.jsonl", fmt="jsonl").documents())
+    assert docs[0].text == "a?b"

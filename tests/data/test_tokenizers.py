@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prism.data.errors import DataError, TokenizerFilesInvalid
 from prism.data.tokenizers import Gpt2Tokenizer, get_tokenizer, gpt2_vocab_files
@@ -140,3 +142,16 @@ def test_unknown_tokenizer_name() -> None:
     with pytest.raises(DataError) as info:
         get_tokenizer("llama")
     assert info.value.code == "data.unknown_tokenizer"
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=200))
+def test_round_trip_and_byte_lengths_hold_for_any_text(text: str) -> None:
+    for name in ("byte", "gpt2"):
+        tok = get_tokenizer(name)
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert int(tok.token_byte_lengths()[np.asarray(ids, dtype=np.int64)].sum()) == len(
+            text.encode("utf-8")
+        )
+        assert tok.eos_id not in ids

@@ -45,6 +45,11 @@ def get_recipe(ctx):
 
 
 @pytest.fixture
+def tiny_model() -> str:
+    return textwrap.dedent(TINY_MODEL)
+
+
+@pytest.fixture
 def write_submission(tmp_path: Path) -> Callable[..., Path]:
     """Write ``{relative path: source}`` as a project directory and return it."""
 
@@ -106,3 +111,41 @@ def direct_bpb(model, windows: np.ndarray, window_bytes: np.ndarray) -> float:
             logits.reshape(-1, logits.shape[-1]).double(), tokens[:, 1:].reshape(-1), reduction="sum"
         )
     return float(nats) / (math.log(2) * float(window_bytes.sum()))
+
+
+@pytest.fixture
+def load_project() -> Callable[[Path, str], object]:
+    """Import a project's entrypoint (siblings by stem) without leaving its modules behind.
+
+    Several projects in one test process reuse stems (model, layers, train); each import gets a
+    clean slate and the modules it added are removed again afterwards.
+    """
+    import importlib
+    import sys
+
+    def load(root: Path, entrypoint: str):
+        entry = Path(root) / entrypoint
+        before = set(sys.modules)
+        paths = [str(entry.parent), str(root)]
+        sys.path[:0] = paths
+        try:
+            return importlib.import_module(entry.stem)
+        finally:
+            for name in set(sys.modules) - before:
+                del sys.modules[name]
+            for path in paths:
+                sys.path.remove(path)
+
+    return load
+
+
+@pytest.fixture
+def contexts():
+    """Context helpers: canonical(**overrides), run(), direct_bpb(model, windows, bytes)."""
+
+    class _Contexts:
+        canonical = staticmethod(canonical_ctx)
+        run = staticmethod(run_ctx)
+        bpb = staticmethod(direct_bpb)
+
+    return _Contexts
