@@ -83,6 +83,7 @@ CAUSALITY_WINDOWS = 2
 # How much of a model's own call-to-call drift is tolerated on top of the fixed tolerances.
 CAUSALITY_DRIFT_FACTOR = 4.0
 
+EXIT_GRACE_S = 3.0  # a process that reported an error is given this long to exit by itself
 EXIT_OK = 0
 EXIT_MINER_FAULT = 3
 EXIT_INFRA_FAULT = 4
@@ -832,7 +833,7 @@ def run_heldout(
         )
         outcome = session.run(windows, window_bytes, batch_size)
         if outcome.error is not None:
-            proc.kill()
+            _stop(proc, graceful=outcome.reported_error is not None)
         _close_quietly(proc.stdin)
         try:
             sandbox_result = proc.wait()
@@ -841,6 +842,16 @@ def run_heldout(
         return assemble_result(outcome, sandbox_result)
     finally:
         shutil.rmtree(spec_dir, ignore_errors=True)
+
+
+def _stop(proc: Any, *, graceful: bool) -> None:
+    """Kill the process tree; one that reported its own error gets a moment to exit first."""
+    if graceful:
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
 
 
 def _close_quietly(stream: BinaryIO | None) -> None:

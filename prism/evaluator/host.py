@@ -151,21 +151,69 @@ class _Progress:
         self._bar.update(task, **fields)
 
 
-def read_probe_records(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of probe.jsonl (a half-written last line is skipped; junk is ignored)."""
-    records: list[dict[str, Any]] = []
+MAX_PROBE_FILE_BYTES = 256_000_000  # ~2M probe records; a bigger file is truncated, never slurped whole
+MAX_REPORT_BYTES = 4_000_000
+_PROBE_KEYS = ("step", "tokens_seen", "loss_nats", "bpb")
+
+
+def read_untrusted(path: Path, limit: int, offset: int = 0) -> bytes | None:
+    """At most ``limit`` bytes of a regular file a sandboxed process wrote.
+
+    The sandbox's writable dir is the submission's playground: a name there may be a symlink to
+    a host file, a FIFO or /dev/zero. Only a regular file, opened without following a symlink,
+    is read, and never more than ``limit`` bytes. None when it is anything else or missing.
+    """
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return records
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        fh.seek(offset)
+        return fh.read(limit)
+
+
+def _parse_probe_lines(text: str) -> list[dict[str, Any]]:
+    records = []
     for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and all(k in rec for k in ("step", "tokens_seen", "loss_nats", "bpb")):
+        if isinstance(rec, dict) and all(k in rec for k in _PROBE_KEYS):
             records.append(rec)
     return records
+
+
+def read_probe_records(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of probe.jsonl (a half-written last line is skipped; junk is ignored)."""
+    data = read_untrusted(path, MAX_PROBE_FILE_BYTES)
+    if not data:
+        return []
+    return _parse_probe_lines(data.decode("utf-8", errors="replace"))
+
+
+class _ProbeTail:
+    """Follows probe.jsonl incrementally (each poll reads only what was appended)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.last: dict[str, Any] | None = None
+
+    def poll(self) -> dict[str, Any] | None:
+        chunk = read_untrusted(self.path, 1 << 20, self.offset)
+        if chunk:
+            self.offset += len(chunk)
+            *lines, self.partial = (self.partial + chunk).split(b"\n")
+            if len(self.partial) > 1 << 16:  # a runaway line is nobody's probe record
+                self.partial = b""
+            records = _parse_probe_lines(b"\n".join(lines).decode("utf-8", errors="replace"))
+            if records:
+                self.last = records[-1]
+        return self.last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,24 +232,38 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _make_read_only(root: Path) -> None:
-    """Drop write bits so even degraded mode (no bwrap) cannot edit the checked files."""
+_READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_READ_ONLY_DIR = _READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+def _chmod_tree(root: Path, *, file_mode: int, dir_mode: int) -> None:
+    """chmod every file and dir under ``root``. Symlinks are skipped: chmod would follow them out
+    of the tree, and the sandbox's writable dir may hold links to host files."""
+    if root.is_symlink() or not root.is_dir():
+        return
+    os.chmod(root, stat.S_IRWXU)  # while walking, every dir stays listable and enterable
+    dirs = [str(root)]
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
         for name in dirnames:
             path = os.path.join(dirpath, name)
-            os.chmod(
-                path, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
-            )
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IRWXU)
+                dirs.append(path)
+    for path in reversed(dirs):  # children before their parents
+        os.chmod(path, dir_mode)
+
+
+def _make_read_only(root: Path) -> None:
+    """Drop write bits so even degraded mode (no bwrap) cannot edit the checked files."""
+    _chmod_tree(root, file_mode=_READ_ONLY_FILE, dir_mode=_READ_ONLY_DIR)
 
 
 def _make_writable(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        os.chmod(dirpath, stat.S_IRWXU)
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), stat.S_IRUSR | stat.S_IWUSR)
+    _chmod_tree(root, file_mode=stat.S_IRUSR | stat.S_IWUSR, dir_mode=stat.S_IRWXU)
 
 
 def default_torch_threads(device: str, nproc: int) -> int:
@@ -355,8 +417,8 @@ def _read_runner_report(sandbox_out: Path) -> RunnerReport | None:
     parsed: list[RunnerReport] = []
     for path in paths:
         try:
-            parsed.append(RunnerReport.model_validate_json(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
+            parsed.append(RunnerReport.model_validate_json(read_untrusted(path, MAX_REPORT_BYTES) or b""))
+        except ValueError as exc:
             logger.warning("unreadable runner report %s: %s", path.name, exc)
     if not parsed:
         return None
@@ -403,24 +465,28 @@ def _run_training(
         limits=sb.SandboxLimits.from_profile(profile.limits, phase="train", device=profile.device),
     )
     proc = sb.start_sandboxed(sandbox_spec, log_path=plan.root / RUN_LOG, isolation=isolation)
-    probe_path = plan.sandbox_out / PROBE_FILENAME
+    tail = _ProbeTail(plan.sandbox_out / PROBE_FILENAME)
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(proc.wait)
         while not future.done():
-            _tail_progress(probe_path, progress, task)
+            _show_progress(tail, progress, task)
             time.sleep(0.5)
         result = future.result()
-    _tail_progress(probe_path, progress, task)
+    _show_progress(tail, progress, task)
     return result
 
 
-def _tail_progress(probe_path: Path, progress: _Progress, task: int | None) -> None:
+def _show_progress(tail: _ProbeTail, progress: _Progress, task: int | None) -> None:
     if task is None:
         return
-    records = read_probe_records(probe_path)
-    if records:
-        last = records[-1]
-        progress.update(task, completed=int(last["step"]) + 1, status=f"probe bpb {float(last['bpb']):.3f}")
+    last = tail.poll()
+    if last is not None:
+        try:
+            progress.update(
+                task, completed=int(last["step"]) + 1, status=f"probe bpb {float(last['bpb']):.3f}"
+            )
+        except (TypeError, ValueError):  # a malformed record only loses a progress update
+            pass
 
 
 def _summarize_probes(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -582,7 +648,12 @@ def _resume_record(resume_checkpoint_dir: Path | None) -> CheckpointInfo | None:
         raise OperatorError(
             f"no accepted checkpoint record next to {resume_checkpoint_dir}", code="eval.no_resume_record"
         )
-    return CheckpointInfo.model_validate_json(record.read_text(encoding="utf-8"))
+    try:
+        return CheckpointInfo.model_validate_json(read_untrusted(record, MAX_REPORT_BYTES) or b"")
+    except ValueError as exc:
+        raise OperatorError(
+            f"unreadable checkpoint record {record}: {exc}", code="eval.no_resume_record"
+        ) from exc
 
 
 def _evaluate_one(
@@ -772,6 +843,44 @@ def _run_heldout(
     return result, result.failure
 
 
+def validation_reasons(
+    *,
+    profile: Profile,
+    isolation_mode: str,
+    failed: bool,
+    metrics: Metrics,
+    vocab_size: int,
+    params_changed: bool,
+    competition: Competition,
+    recipe_mode: RecipeMode,
+) -> list[str]:
+    """Every stable reason a run is not score-eligible (empty: eligible). Pure."""
+    reasons: list[str] = []
+    if not profile.official:
+        reasons.append(REASON_NOT_OFFICIAL)
+    if isolation_mode == "degraded":
+        reasons.append(REASON_DEGRADED)
+    if failed:
+        reasons.append(REASON_FAILED)
+    if metrics.nonfinite_loss:
+        reasons.append(REASON_NONFINITE)
+    first = metrics.first_probe_loss_nats
+    # A freshly initialised model predicts roughly uniformly (ln V nats); far below that on the
+    # very first batch means the "architecture" arrived already trained.
+    if first is not None and first < profile.gates.smuggle_factor * math.log(vocab_size):
+        reasons.append(REASON_SMUGGLED)
+    if params_changed:
+        reasons.append(REASON_PARAMS_CHANGED)
+    gap = metrics.train_heldout_gap_bpb
+    if gap is not None and gap > profile.gates.max_train_heldout_gap_bpb:
+        reasons.append(REASON_GAP)
+    if competition == "architecture" and recipe_mode != "reference":
+        reasons.append(REASON_NOT_REFERENCE)
+    if metrics.heldout_bpb is None or metrics.probe_bpb is None:
+        reasons.append(REASON_METRICS_MISSING)
+    return reasons
+
+
 def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
@@ -880,27 +989,16 @@ def _build_manifest(
         notes=[*notes, f"torch_threads={spec.torch_threads}"],
     )
 
-    reasons: list[str] = []
-    if not profile.official:
-        reasons.append(REASON_NOT_OFFICIAL)
-    if isolation.mode == "degraded":
-        reasons.append(REASON_DEGRADED)
-    if failure is not None:
-        reasons.append(REASON_FAILED)
-    if nonfinite:
-        reasons.append(REASON_NONFINITE)
-    first = metrics.first_probe_loss_nats
-    if first is not None and first < profile.gates.smuggle_factor * math.log(data.vocab_size):
-        reasons.append(REASON_SMUGGLED)
-    if params_changed:
-        reasons.append(REASON_PARAMS_CHANGED)
-    gap = metrics.train_heldout_gap_bpb
-    if gap is not None and gap > profile.gates.max_train_heldout_gap_bpb:
-        reasons.append(REASON_GAP)
-    if competition == "architecture" and recipe_mode != "reference":
-        reasons.append(REASON_NOT_REFERENCE)
-    if metrics.heldout_bpb is None or metrics.probe_bpb is None:
-        reasons.append(REASON_METRICS_MISSING)
+    reasons = validation_reasons(
+        profile=profile,
+        isolation_mode=isolation.mode,
+        failed=failure is not None,
+        metrics=metrics,
+        vocab_size=data.vocab_size,
+        params_changed=params_changed,
+        competition=competition,
+        recipe_mode=recipe_mode,
+    )
 
     dataset = DatasetRecord.model_validate(
         data.record | {"heldout_seed": heldout_seed, "heldout_windows": profile.heldout.windows}
@@ -974,4 +1072,4 @@ def _build_manifest(
     )
 
 
-__all__ = ["describe_data", "evaluate", "read_probe_records"]
+__all__ = ["describe_data", "evaluate", "read_probe_records", "validation_reasons"]

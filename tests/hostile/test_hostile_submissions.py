@@ -111,13 +111,16 @@ def test_writes_outside_the_work_dir_fail(evaluate_hostile, outside_dir):
                     written.append(path)
                 except OSError:
                     pass
-            if len(written) < len(targets):
-                raise PermissionError(f"only wrote {{written}}")
-            return TinyLM(ctx.vocab_size)
+            raise PermissionError(f"wrote {{len(written)}} of {{len(targets)}}: {{written}}")
         """
     )
     _assert_miner_failure(run)
-    assert "only wrote []" in run.log
+    message = run.manifest.status.failure.message
+    # Host paths outside every bind do not exist inside; the submission and /usr are read-only.
+    for path in (str(victim), f"{outside_dir}/new.txt", "/usr/lib/evil.so", "prism-submission-"):
+        assert path not in message, message
+    # The run dir lies under /tmp here, so inside the sandbox its path is a directory of the
+    # private tmpfs: writes "succeed" there and vanish with the sandbox. The host copy is intact.
     assert victim.read_text(encoding="utf-8") == "original"
     assert sorted(p.name for p in outside_dir.iterdir()) == ["victim.txt"]
     assert not (run.run_dir / "evil.txt").exists()
@@ -240,7 +243,7 @@ def test_mutating_parameters_during_heldout_is_flagged(evaluate_hostile):
             with torch.no_grad():
                 for parameter in model.parameters():
                     parameter.add_(1e-3)
-            return model(batch)
+            return model(batch["input_ids"])
         """,
         recipe_mode="submitted",
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import prism
 from prism.errors import InfrastructureFault, OperatorError
 from prism.evaluator.sandbox import (
     Bind,
@@ -149,3 +150,27 @@ def test_degraded_mode_still_enforces_rlimits(run_script, degraded_isolation, tm
 
     result, _ = run_script("while True:\n    pass\n", isolation=bare, wall_s=1.5)
     assert result.timed_out and result.signal == signal.SIGKILL
+
+
+def test_python_binds_are_read_only_and_cover_prism():
+    binds = python_binds()
+    assert binds and all(not b.writable and b.src.exists() and b.dest is None for b in binds)
+    sources = [b.src for b in binds]
+    prism_dir = Path(prism.__file__).resolve().parent
+    assert any(src == prism_dir or src in prism_dir.parents for src in sources)
+    assert any(
+        Path(sys.prefix).resolve() == src or src in Path(sys.prefix).resolve().parents for src in sources
+    )
+
+
+def test_degraded_mode_scrubs_the_environment(run_script, degraded_isolation, monkeypatch):
+    monkeypatch.setenv("PRISM_TEST_HOST_SECRET", "wallet-password")
+    result, log = run_script(
+        """
+        import os
+        print("SECRET", os.environ.get("PRISM_TEST_HOST_SECRET"), "TMP", os.environ["TMPDIR"] == os.getcwd())
+        """,
+        isolation=degraded_isolation,
+    )
+    assert result.exit_code == 0, log
+    assert "SECRET None TMP True" in log

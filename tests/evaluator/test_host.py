@@ -1,0 +1,227 @@
+"""Host-side pieces that need no training: validation reasons, probe parsing, failure mapping, CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from prism.cli import build_parser, main
+from prism.evaluator.context import RunnerFailure, RunnerReport
+from prism.evaluator.host import (
+    _read_runner_report,
+    _training_failure,
+    read_probe_records,
+    validation_reasons,
+)
+from prism.evaluator.sandbox import IsolationProbe, SandboxResult
+from prism.manifest import Metrics
+from prism.profiles import load_profile
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+LN_V = math.log(257)
+
+
+def _reasons(**overrides) -> list[str]:
+    official = load_profile("gpu_proxy_eval")
+    args = dict(
+        profile=official,
+        isolation_mode="bwrap",
+        failed=False,
+        vocab_size=257,
+        params_changed=False,
+        competition="architecture",
+        recipe_mode="reference",
+        metrics=Metrics(
+            heldout_bpb=3.0, probe_bpb=3.1, first_probe_loss_nats=LN_V, train_heldout_gap_bpb=0.0
+        ),
+    )
+    return validation_reasons(**(args | overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, []),
+        ({"profile": load_profile("local_cpu_smoke")}, ["profile.not_official"]),
+        ({"isolation_mode": "degraded"}, ["isolation.degraded"]),
+        ({"failed": True, "metrics": Metrics()}, ["run.failed", "metrics.missing"]),
+        (
+            {"metrics": Metrics(heldout_bpb=3.0, probe_bpb=3.0, first_probe_loss_nats=0.49 * LN_V)},
+            ["gate.smuggled_weights"],
+        ),
+        ({"metrics": Metrics(heldout_bpb=3.0, probe_bpb=3.0, first_probe_loss_nats=0.51 * LN_V)}, []),
+        ({"params_changed": True}, ["gate.params_changed_during_eval"]),
+        (
+            {"metrics": Metrics(heldout_bpb=3.5, probe_bpb=3.0, train_heldout_gap_bpb=0.26)},
+            ["gate.train_heldout_gap"],
+        ),
+        ({"metrics": Metrics(heldout_bpb=3.2, probe_bpb=3.0, train_heldout_gap_bpb=0.24)}, []),
+        ({"recipe_mode": "submitted"}, ["recipe.not_reference"]),
+        ({"recipe_mode": "submitted", "competition": "training"}, []),
+        (
+            {"metrics": Metrics(probe_bpb=3.0, nonfinite_loss=True), "failed": True},
+            ["run.failed", "gate.nonfinite_loss", "metrics.missing"],
+        ),
+    ],
+)
+def test_validation_reasons(overrides, expected) -> None:
+    assert _reasons(**overrides) == expected
+
+
+def test_probe_reader_skips_partial_and_junk_lines(tmp_path) -> None:
+    path = tmp_path / "probe.jsonl"
+    path.write_text(
+        '{"step": 0, "tokens_seen": 0, "loss_nats": 5.5, "bpb": 8.0}\n'
+        "garbage\n"
+        '{"step": 1}\n'
+        '{"step": 1, "tokens_seen": 64, "loss_nats": 5.0, "bpb": 7.2}\n'
+        '{"step": 2, "tokens_seen": 12',  # a write in progress
+        encoding="utf-8",
+    )
+    assert [r["step"] for r in read_probe_records(path)] == [0, 1]
+    assert read_probe_records(tmp_path / "missing.jsonl") == []
+
+
+def _sandbox(**kw) -> SandboxResult:
+    base = dict(
+        exit_code=0,
+        signal=None,
+        timed_out=False,
+        memory_exceeded=False,
+        log_truncated=False,
+        wall_s=1.0,
+        isolation=IsolationProbe(mode="bwrap", cgroups=False, detail="test"),
+        log_tail="",
+    )
+    return SandboxResult(**(base | kw))
+
+
+def test_training_failure_trusts_the_sandbox_over_the_runner() -> None:
+    ok_report = RunnerReport(ok=True)
+    assert _training_failure(_sandbox(), ok_report, True) is None
+    # A runner that claims success cannot hide a timeout or a memory kill.
+    assert (
+        _training_failure(_sandbox(timed_out=True, exit_code=None, signal=9), ok_report, True).code
+        == "eval.timeout"
+    )
+    assert _training_failure(_sandbox(memory_exceeded=True), ok_report, True).code == "eval.memory_exceeded"
+    failed = RunnerReport(
+        ok=False, failure=RunnerFailure(code="hook.bad_loss", fault="miner", message="m", phase="train")
+    )
+    assert _training_failure(_sandbox(exit_code=1), failed, False).code == "hook.bad_loss"
+    crashed = _training_failure(_sandbox(exit_code=1), None, False)
+    assert (crashed.code, crashed.fault) == ("eval.nonzero_exit", "miner")
+    assert _training_failure(_sandbox(), ok_report, False).code == "eval.missing_outputs"
+
+
+def test_a_failing_non_zero_rank_report_wins(tmp_path) -> None:
+    (tmp_path / "runner_report.json").write_text(RunnerReport(ok=True, steps=5).model_dump_json())
+    failure = RunnerFailure(code="eval.nonfinite_loss", fault="miner", message="nan", phase="train")
+    (tmp_path / "runner_report.rank1.json").write_text(
+        RunnerReport(ok=False, failure=failure).model_dump_json()
+    )
+    report = _read_runner_report(tmp_path)
+    assert report is not None and not report.ok and report.failure == failure and report.steps == 5
+    (tmp_path / "runner_report.json").write_text("{not json")
+    assert _read_runner_report(tmp_path).failure == failure
+
+
+def test_cli_registers_eval_with_its_flags() -> None:
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "examples/gpt",
+            "--recipe",
+            "submitted",
+            "--regime",
+            "smoke",
+            "--seed",
+            "1",
+            "--seed",
+            "2",
+            "--nproc",
+            "2",
+            "--heldout-seed",
+            "9",
+            "--json",
+        ]
+    )
+    assert (args.profile, args.recipe, args.regime, args.seed, args.nproc, args.heldout_seed, args.json) == (
+        "local_cpu_smoke",
+        "submitted",
+        ["smoke"],
+        [1, 2],
+        2,
+        9,
+        True,
+    )
+    assert callable(args.func)
+
+
+def test_cli_operator_and_intake_errors_exit_1(tmp_path, data_dir, capsys) -> None:
+    assert (
+        main(
+            [
+                "eval",
+                str(EXAMPLES / "gpt"),
+                "--data",
+                str(data_dir),
+                "--regime",
+                "nope",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
+    assert "profile.unknown_regime" in capsys.readouterr().err
+    bad = tmp_path / "bad.py"
+    bad.write_text("import socket\n", encoding="utf-8")
+    assert main(["eval", str(bad), "--data", str(data_dir), "--out", str(tmp_path)]) == 1
+    assert "error: [" in capsys.readouterr().err
+    assert (
+        main(["eval", str(EXAMPLES / "gpt"), "--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
+    )
+    assert "eval.no_data" in capsys.readouterr().err
+
+
+def test_untrusted_reads_refuse_symlinks_fifos_and_stop_at_the_limit(tmp_path) -> None:
+    from prism.evaluator.host import read_untrusted
+
+    secret = tmp_path / "host_secret"
+    secret.write_text("do not read", encoding="utf-8")
+    (tmp_path / "link").symlink_to(secret)
+    assert read_untrusted(tmp_path / "link", 100) is None
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    assert read_untrusted(tmp_path / "zero", 100) is None
+    os.mkfifo(tmp_path / "fifo")
+    assert read_untrusted(tmp_path / "fifo", 100) is None  # and it does not block
+    (tmp_path / "big").write_bytes(b"x" * 1000)
+    assert read_untrusted(tmp_path / "big", 10) == b"x" * 10
+    assert read_probe_records(tmp_path / "link") == []
+
+
+def test_read_only_pass_never_follows_links_out_of_the_tree(tmp_path) -> None:
+    from prism.evaluator.host import _make_read_only, _make_writable
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("host file", encoding="utf-8")
+    outside.chmod(0o640)
+    outside_dir = tmp_path / "outside_dir"
+    outside_dir.mkdir(mode=0o750)
+    tree = tmp_path / "sandbox_out"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f.txt").write_text("x", encoding="utf-8")
+    (tree / "link").symlink_to(outside)
+    (tree / "dirlink").symlink_to(outside_dir)
+    _make_read_only(tree)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o640
+    assert stat.S_IMODE(outside_dir.stat().st_mode) == 0o750
+    assert stat.S_IMODE((tree / "sub" / "f.txt").stat().st_mode) == 0o444
+    assert stat.S_IMODE((tree / "sub").stat().st_mode) == 0o555
+    _make_writable(tree)
+    assert stat.S_IMODE((tree / "sub" / "f.txt").stat().st_mode) == 0o600
