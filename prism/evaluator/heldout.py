@@ -318,7 +318,9 @@ class _Evaluator:
         except FileNotFoundError as exc:
             raise InfrastructureFault(f"weights file missing: {exc}", code=CODE_SPEC) from exc
         except Exception as exc:  # written in the training sandbox, where miner code also ran
-            raise _miner(CODE_WEIGHTS_MISMATCH, "trained weights are not a valid safetensors file", exc) from exc
+            raise _miner(
+                CODE_WEIGHTS_MISMATCH, "trained weights are not a valid safetensors file", exc
+            ) from exc
 
     def setup(self, state: dict[str, Any]) -> dict[str, Any]:
         from prism.evaluator.context import make_context
@@ -374,7 +376,13 @@ class _Evaluator:
 
         with self.t.no_grad():
             logits = _call_submission(
-                CODE_FORWARD_FAILED, "inference", inference_logits, self.model, self.hooks, input_ids, self.ctx
+                CODE_FORWARD_FAILED,
+                "inference",
+                inference_logits,
+                self.model,
+                self.hooks,
+                input_ids,
+                self.ctx,
             )
         logits = logits.detach().to("cpu", self.t.torch.float32).contiguous()
         if not bool(self.t.isfinite(logits).all()):
@@ -390,7 +398,6 @@ class _Evaluator:
         or adds noise) is judged against its own drift rather than flagged for it; the drift of
         a model that changes its weights is caught by the parameter hashes instead.
         """
-        torch = self.t.torch
         n = min(CAUSALITY_WINDOWS, input_ids.shape[0])
         seq_len = input_ids.shape[1]
         if seq_len < 2:
@@ -445,6 +452,7 @@ class _Evaluator:
             if kind != "inputs":
                 raise ProtocolError(f"expected inputs or finish, got {kind!r}")
             input_ids = _decode_tokens(torch, header, payload, expected_len, vocab, self.spec.max_batch_size)
+            input_ids = input_ids.to(self.spec.device)
             commitment = self.commit(input_ids)
             self.pipes.writer.write({"type": "committed", "batch": header.get("batch")}, commitment)
             header, payload = self.pipes.reader.read()
@@ -452,10 +460,14 @@ class _Evaluator:
                 raise ProtocolError(f"expected targets, got {header['type']!r}")
             targets = _decode_tokens(torch, header, payload, expected_len, vocab, self.spec.max_batch_size)
             spots = [(int(b), int(t)) for b, t in header.get("spots", [])]
-            self.pipes.writer.write({"type": "revealed", "batch": header.get("batch")}, self.reveal(targets, spots))
+            self.pipes.writer.write(
+                {"type": "revealed", "batch": header.get("batch")}, self.reveal(targets, spots)
+            )
 
 
-def _decode_tokens(torch: Any, header: dict[str, Any], payload: bytes, seq_len: int, vocab: int, max_b: int) -> Any:
+def _decode_tokens(
+    torch: Any, header: dict[str, Any], payload: bytes, seq_len: int, vocab: int, max_b: int
+) -> Any:
     shape = header.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and 0 < shape[0] <= max_b and shape[1] == seq_len):
         raise ProtocolError(f"bad token batch shape {shape!r}")
@@ -639,14 +651,17 @@ class HeldoutSession:
         self.writer.write({"type": "inputs", "batch": index, "shape": list(inputs.shape)}, inputs.tobytes())
         _, commitment = self._read("committed")
         if len(commitment) != n_rows * (8 + DIGEST_BYTES):
-            raise _reply_error(f"commitment has {len(commitment)} bytes, expected {n_rows * (8 + DIGEST_BYTES)}")
+            raise _reply_error(
+                f"commitment has {len(commitment)} bytes, expected {n_rows * (8 + DIGEST_BYTES)}"
+            )
         lse = np.frombuffer(commitment[: n_rows * 8], dtype="<f8")
         digests = commitment[n_rows * 8 :]
         if not np.isfinite(lse).all():
             raise MinerFault("committed log-normalizers are not finite", code=CODE_BAD_LOGITS)
         spots = self._pick_spots(inputs.shape)
         self.writer.write(
-            {"type": "targets", "batch": index, "shape": list(targets.shape), "spots": spots}, targets.tobytes()
+            {"type": "targets", "batch": index, "shape": list(targets.shape), "spots": spots},
+            targets.tobytes(),
         )
         _, revealed = self._read("revealed")
         z = self._verify_reveal(revealed, lse, digests, targets, spots)
@@ -677,7 +692,9 @@ class HeldoutSession:
         if not spots and rows_flat.size:
             raise _reply_error("rows revealed that were not requested")
         if not np.isfinite(z).all() or np.any(z > lse + LOGSUMEXP_TOLERANCE):
-            raise MinerFault("target logits are not finite or exceed their log-normalizer", code=CODE_COMMITMENT)
+            raise MinerFault(
+                "target logits are not finite or exceed their log-normalizer", code=CODE_COMMITMENT
+            )
         vocab = rows_flat.size // len(spots) if spots else 0
         seq_len = targets.shape[1]
         for i, (b, t) in enumerate(spots):
@@ -742,7 +759,9 @@ def _validate_request(
             f"held-out windows must be (N, {seq_len + 1}), got {windows.shape}", code="eval.bad_request"
         )
     if not np.issubdtype(windows.dtype, np.integer) or windows.min() < 0:
-        raise InfrastructureFault("held-out windows must hold non-negative token ids", code="eval.bad_request")
+        raise InfrastructureFault(
+            "held-out windows must hold non-negative token ids", code="eval.bad_request"
+        )
     if window_bytes.shape != (windows.shape[0],) or np.any(window_bytes <= 0):
         raise InfrastructureFault("window_bytes must be (N,) positive byte counts", code="eval.bad_request")
     if batch_size <= 0:
@@ -902,9 +921,19 @@ def classify_failure(outcome: SessionOutcome, sandbox_result: Any) -> Failure | 
     fault = "miner" if after_hello else "infrastructure"
     phase = "heldout"
     if getattr(sandbox_result, "timed_out", False) or isinstance(error, ChannelTimeout):
-        return Failure(code=CODE_TIMEOUT, fault=fault, message="the held-out evaluation ran past its time limit", phase=phase)
+        return Failure(
+            code=CODE_TIMEOUT,
+            fault=fault,
+            message="the held-out evaluation ran past its time limit",
+            phase=phase,
+        )
     if getattr(sandbox_result, "memory_exceeded", False):
-        return Failure(code=CODE_MEMORY, fault=fault, message="the held-out evaluation exceeded its memory limit", phase=phase)
+        return Failure(
+            code=CODE_MEMORY,
+            fault=fault,
+            message="the held-out evaluation exceeded its memory limit",
+            phase=phase,
+        )
     reported = outcome.reported_error
     if reported is not None:
         code = str(reported.get("code") or CODE_CRASHED)

@@ -42,7 +42,9 @@ def test_examples_pass_intake(example):
 
 def test_gpt_recipe_hook_returns_an_optimizer_and_a_budget_free_schedule(load_project):
     train = load_project(EXAMPLES / "gpt_recipe" / "src", "train.py")
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 10))
+    gpt = load_project(EXAMPLES / "gpt_recipe", "src/model.py")
+    ctx = PrismContext(vocab_size=257, sequence_length=16, max_layers=2, max_parameters=50_000, seed=0)
+    model = gpt.build_model(ctx)
     recipe = train.recipe_for(64)
     optimizer, scheduler = train.configure_optimizer(model, recipe, None)
     lrs = []
@@ -54,7 +56,8 @@ def test_gpt_recipe_hook_returns_an_optimizer_and_a_budget_free_schedule(load_pr
     assert max(lrs) == pytest.approx(peak) and lrs.index(max(lrs)) == train.WARMUP_STEPS - 1
     assert lrs[-1] == pytest.approx(peak * (train.WARMUP_STEPS / 400) ** 0.5)
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {id(model[2].weight)}  # only the Linear matrix, not embeddings or norms
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert decayed == matrices  # Linear matrices only: not the embeddings, not the LayerNorms
 
 
 @pytest.mark.parametrize(
@@ -62,10 +65,15 @@ def test_gpt_recipe_hook_returns_an_optimizer_and_a_budget_free_schedule(load_pr
 )
 def test_mixer_fits_the_budget_and_the_layer_cap(load_project, budget, layers, length):
     module = load_project(EXAMPLES / "mixer", "src/model.py")
-    ctx = PrismContext(vocab_size=257, sequence_length=length, max_layers=layers, max_parameters=budget, seed=0)
+    sizing = load_project(EXAMPLES / "mixer", "src/sizing.py")
+    ctx = PrismContext(
+        vocab_size=257, sequence_length=length, max_layers=layers, max_parameters=budget, seed=0
+    )
     model = module.build_model(ctx)
     assert count_parameters(model) <= budget
-    assert count_parameters(model) == module.parameter_count(257, length, model.shape.depth, model.shape.width)
+    assert count_parameters(model) == sizing.parameter_count(
+        257, length, model.shape.depth, model.shape.width
+    )
     assert 1 <= count_layers(model) <= layers
     assert model(torch.zeros(2, length, dtype=torch.long)).shape == (2, length, 257)
 

@@ -18,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # The GPT example rewritten: one file instead of four, every class, attribute, variable and
 # parameter renamed, different formatting and sizing code. Same computation.
-RENAMED_GPT = '''
+RENAMED_GPT = """
 import torch, torch.nn as tnn
 import torch.nn.functional as fn
 from prism_challenge.evaluator.interface import TrainingRecipe
@@ -71,7 +71,7 @@ def build_model(ctx):
     return Net(ctx.vocab_size, ctx.sequence_length, best[0], best[1], best[2])
 
 def get_recipe(ctx): return TrainingRecipe()
-'''
+"""
 PRE_NORM = "h = h + me.att(me.n1(h)); h = h + me.fc_out(fn.ACT(me.fc_in(me.n2(h))))"
 POST_NORM = "h = me.n1(h + me.att(h)); h = me.n2(h + me.fc_out(fn.ACT(me.fc_in(h))))"
 

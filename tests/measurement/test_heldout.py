@@ -6,7 +6,6 @@ import math
 import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +78,9 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
     return run
 
 
-def test_bpb_equals_a_direct_computation_and_identity_is_recorded(evaluate, tiny_model, heldout_windows, contexts):
+def test_bpb_equals_a_direct_computation_and_identity_is_recorded(
+    evaluate, tiny_model, heldout_windows, contexts
+):
     result, model, _ = evaluate(tiny_model)
     windows, window_bytes = heldout_windows
     assert result.failure is None, result.failure
@@ -98,12 +99,15 @@ def test_bpb_equals_a_direct_computation_and_identity_is_recorded(evaluate, tiny
 
 
 def test_hook_that_mutates_weights_during_evaluation_is_detected(evaluate, tiny_model):
-    source = tiny_model + '''
+    source = (
+        tiny_model
+        + """
 def inference_logits(model, batch, ctx):
     with torch.no_grad():
         model.head.bias.add_(0.01)  # "learn" during evaluation
     return model(batch["input_ids"])
-'''
+"""
+    )
     result, _, _ = evaluate(source)
     assert result.failure is None, result.failure
     assert result.inference_path == "inference_logits"
@@ -126,7 +130,9 @@ def test_bad_logits_are_a_typed_miner_fault(evaluate, tiny_model, body):
 def test_a_process_that_reports_a_made_up_loss_is_caught_by_the_commitments(evaluate, tiny_model):
     # The submission shares the evaluation process, so it can rewrite the scoring code there.
     # Here it claims near-zero loss for every position after seeing the targets.
-    cheat = tiny_model + '''
+    cheat = (
+        tiny_model
+        + """
 import __main__ as _heldout  # the evaluation process runs as python -m prism.evaluator.heldout
 
 def _reveal(self, targets, spots):
@@ -138,19 +144,24 @@ def _reveal(self, targets, spots):
 
 if hasattr(_heldout, "_Evaluator"):  # only inside the evaluation process
     _heldout._Evaluator.reveal = _reveal
-'''
+"""
+    )
     result, _, _ = evaluate(cheat)
     assert result.bpb is None
     assert (result.failure.code, result.failure.fault) == ("eval.commitment_mismatch", "miner")
 
 
-def test_targets_are_not_readable_anywhere_during_the_forward(evaluate, tiny_model, heldout_windows, contexts):
+def test_targets_are_not_readable_anywhere_during_the_forward(
+    evaluate, tiny_model, heldout_windows, contexts
+):
     # A forward that tries every readable pipe (and stdin) without blocking, as a model trying to
     # peek at the targets would. It must find nothing: targets are sent after the commitment.
-    peeker = tiny_model.replace(
-        "    def forward(self, tokens):\n",
-        "    def forward(self, tokens):\n        _peek()\n",
-    ) + '''
+    peeker = (
+        tiny_model.replace(
+            "    def forward(self, tokens):\n",
+            "    def forward(self, tokens):\n        _peek()\n",
+        )
+        + """
 import os, stat, sys
 
 def _peek():
@@ -171,7 +182,8 @@ def _peek():
         except OSError:
             continue
     print(f"peeked {found} bytes", file=sys.stderr, flush=True)
-'''
+"""
+    )
     result, model, log = evaluate(peeker)
     assert result.failure is None, result.failure
     text = log.read_text()
