@@ -516,12 +516,21 @@ def _resolve_data_dir(config: ValidatorConfig, profile: Profile) -> Path:
     return target
 
 
+def reap_stale_sandboxes() -> None:
+    from prism.evaluator.sandbox import reap_stale_sandboxes as reap
+
+    reaped = reap()
+    if reaped:
+        logger.info("removed %d sandboxes left behind by a dead process", len(reaped))
+
+
 def run(
     config: ValidatorConfig, *, parts: ValidatorParts | None = None, stop: threading.Event | None = None
 ) -> int:
     """Run the validator until stopped (SIGTERM/SIGINT) or ``config.max_steps``."""
     stop = stop or threading.Event()
     parts = parts or build_parts(config)
+    reap_stale_sandboxes()  # sandboxes a killed predecessor left behind would hold CPU and memory
     requeued = parts.store.requeue_interrupted()
     last = parts.store.last_weights()
     state = LoopState(last_weights_block=last[0] if last else None)

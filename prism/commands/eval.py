@@ -101,48 +101,50 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _print_summary(manifests: list, out_root: Path) -> None:
+    """One key/value table per run: readable in an 80-column terminal."""
     from rich.console import Console
     from rich.table import Table
 
     from prism.manifest import MANIFEST_FILENAME
 
     console = Console()
-    table = Table(title="prism eval")
-    for column in (
-        "run",
-        "regime",
-        "seed",
-        "status",
-        "held-out bpb",
-        "probe bpb",
-        "params",
-        "steps",
-        "eligible",
-    ):
-        table.add_column(column)
-    for m in manifests:
-        status = (
-            m.status.state
-            if m.status.failure is None
-            else f"failed: {m.status.failure.code} ({m.status.failure.fault})"
-        )
-        eligible = "yes" if m.validation.score_eligible else "no: " + ", ".join(m.validation.reasons)
-        table.add_row(
-            m.run_id,
-            m.regime.name,
-            str(m.seed),
-            status,
-            _fmt(m.metrics.heldout_bpb),
-            _fmt(m.metrics.probe_bpb),
-            f"{m.metrics.parameter_count:,}" if m.metrics.parameter_count else "-",
-            str(m.metrics.train_steps),
-            eligible,
-        )
-    console.print(table)
     for m in manifests:
         root = out_root / m.run_id
-        console.print(f"manifest: {root / MANIFEST_FILENAME}")
+        failure = m.status.failure
+        table = Table(
+            title=f"{m.run_id}  ({m.profile.name}@{m.profile.version}, {m.recipe_mode} recipe)",
+            show_header=False,
+            title_justify="left",
+        )
+        table.add_column(style="bold")
+        table.add_column()
+        rows = [
+            ("regime / seed", f"{m.regime.name} / {m.seed}"),
+            (
+                "status",
+                "succeeded"
+                if failure is None
+                else f"[red]failed: {failure.code} ({failure.fault} fault)[/red]",
+            ),
+            ("held-out bpb", _fmt(m.metrics.heldout_bpb)),
+            ("probe bpb (last half)", _fmt(m.metrics.probe_bpb)),
+            ("first probe loss (nats)", _fmt(m.metrics.first_probe_loss_nats)),
+            ("parameters / layers", f"{m.metrics.parameter_count or '-'} / {m.metrics.layer_count or '-'}"),
+            ("steps / tokens", f"{m.metrics.train_steps} / {m.metrics.train_tokens}"),
+            ("family / version", f"{m.submission.family_id or '-'} / {m.submission.version_id or '-'}"),
+            ("isolation", m.isolation),
+            ("wall time (s)", _fmt(m.timings_s.get("total"), 1)),
+            (
+                "score-eligible",
+                "yes" if m.validation.score_eligible else "no: " + ", ".join(m.validation.reasons),
+            ),
+        ]
+        for key, value in rows:
+            table.add_row(key, value)
+        console.print(table)
+        # Plain prints, so long paths are never cut and stay copyable.
+        print(f"manifest: {root / MANIFEST_FILENAME}")
         if m.artifacts.plot:
-            console.print(f"plot:     {root / m.artifacts.plot}")
-        if m.status.failure is not None:
-            console.print(f"[red]{m.status.failure.code}[/red]: {m.status.failure.message}")
+            print(f"plot:     {root / m.artifacts.plot}")
+        if failure is not None:
+            console.print(f"[red]{failure.code}[/red]: {failure.message}")

@@ -83,6 +83,7 @@ CAUSALITY_WINDOWS = 2
 # How much of a model's own call-to-call drift is tolerated on top of the fixed tolerances.
 CAUSALITY_DRIFT_FACTOR = 4.0
 
+LSE_CHUNK_ROWS = 1024
 EXIT_GRACE_S = 3.0  # a process that reported an error is given this long to exit by itself
 EXIT_OK = 0
 EXIT_MINER_FAULT = 3
@@ -307,17 +308,21 @@ class _Evaluator:
         self.ctx: Any = None
         self.logits: Any = None
         self.causality_checked = False
+        # Bound now, before the submission is imported (it could rebind module attributes later).
+        from prism.evaluator.loading import inference_logits
+
+        self._inference_logits = inference_logits
 
     # -- setup ----------------------------------------------------------------------------
 
     def read_weights(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
+        # The host checked the file exists before starting us. It was written in the training
+        # sandbox, where submission code ran too, so an unreadable file is the submission's.
         try:
             return load_file(self.spec.weights_path, device="cpu")
-        except FileNotFoundError as exc:
-            raise InfrastructureFault(f"weights file missing: {exc}", code=CODE_SPEC) from exc
-        except Exception as exc:  # written in the training sandbox, where miner code also ran
+        except Exception as exc:
             raise _miner(
                 CODE_WEIGHTS_MISMATCH, "trained weights are not a valid safetensors file", exc
             ) from exc
@@ -372,13 +377,11 @@ class _Evaluator:
     # -- batches --------------------------------------------------------------------------
 
     def _forward(self, input_ids: Any) -> Any:
-        from prism.evaluator.loading import inference_logits
-
         with self.t.no_grad():
             logits = _call_submission(
                 CODE_FORWARD_FAILED,
                 "inference",
-                inference_logits,
+                self._inference_logits,
                 self.model,
                 self.hooks,
                 input_ids,
@@ -424,7 +427,13 @@ class _Evaluator:
             self.causality_checked = True
         self.logits = logits
         rows = logits.reshape(-1, logits.shape[-1])
-        lse = self.t.logsumexp(rows.to(torch.float64), dim=-1)
+        # float64 in chunks: a GPT-2-vocab batch would need gigabytes in one piece.
+        lse = torch.cat(
+            [
+                self.t.logsumexp(rows[i : i + LSE_CHUNK_ROWS].to(torch.float64), dim=-1)
+                for i in range(0, rows.shape[0], LSE_CHUNK_ROWS)
+            ]
+        )
         row_bytes = rows.numpy()
         digests = b"".join(self.t.sha256(row_bytes[i].tobytes()).digest() for i in range(row_bytes.shape[0]))
         return lse.numpy().astype("<f8").tobytes() + digests
@@ -433,7 +442,8 @@ class _Evaluator:
         torch = self.t.torch
         logits = self.logits
         self.logits = None
-        z = self.t.gather(logits.to(torch.float64), -1, targets.unsqueeze(-1)).squeeze(-1)
+        # Gathering the float32 logit and widening it is exact, and needs no float64 copy.
+        z = self.t.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1).to(torch.float64)
         rows = [logits[b, t].numpy().astype("<f4").tobytes() for b, t in spots]
         return z.numpy().astype("<f8").tobytes() + b"".join(rows)
 
@@ -495,12 +505,11 @@ def process_main(argv: list[str] | None = None) -> int:
         trusted = _Trusted.capture()
         trusted.torch.set_num_threads(spec.torch_threads)
         evaluator = _Evaluator(spec, pipes, trusted)
-        state = evaluator.read_weights()
-        # From here on submission code runs in this process: the host treats later failures as
-        # the submission's (see run_heldout).
+        # From here on the process handles what the submission produced (its weights, then its
+        # code): the host treats every later failure as the submission's (see classify_failure).
         pipes.writer.write({"type": "hello"})
         phase = "submission"
-        ready = evaluator.setup(state)
+        ready = evaluator.setup(evaluator.read_weights())
         graph_json = json.dumps(ready.pop("graph"), separators=(",", ":")).encode("utf-8")
         pipes.writer.write({"type": "ready", **ready}, graph_json)
         phase = "batches"

@@ -357,32 +357,38 @@ def probe_nats(
 
 
 class ProbeWriter:
-    """Buffers probe sums; all-reduces across ranks and appends to probe.jsonl every flush."""
+    """Buffers probe sums on the device; every flush moves them to the host once, all-reduces them
+    across ranks (on the device, as NCCL requires) and appends the records to probe.jsonl."""
 
     def __init__(self, path: Path | None, dist: Dist) -> None:
         self.path = path
         self.dist = dist
-        self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, tokens_seen, [nats, tokens, bytes])
+        # (step, tokens_seen, summed nats (0-dim device tensor), tokens, bytes) of this rank
+        self.pending: list[tuple[int, int, torch.Tensor, int, float]] = []
         self.records: list[dict[str, Any]] = []
         if path is not None and dist.is_main:
             path.write_text("", encoding="utf-8")
 
-    def add(self, step: int, tokens_seen: int, sums: torch.Tensor) -> None:
-        self.pending.append((step, tokens_seen, sums))
+    def add(self, step: int, tokens_seen: int, nats: torch.Tensor, tokens: int, nbytes: float) -> None:
+        self.pending.append((step, tokens_seen, nats.detach(), tokens, nbytes))
 
     def flush(self) -> None:
         if not self.pending:
             return
-        stacked = torch.stack([s for _, _, s in self.pending]).double().cpu()  # (k, 3)
+        nats = torch.stack([p[2] for p in self.pending]).to(torch.float64)  # (k,) on the device
+        counts = torch.tensor([[p[3], p[4]] for p in self.pending], dtype=torch.float64, device=nats.device)
+        sums = torch.cat([nats[:, None], counts], dim=1)  # (k, 3): nats, tokens, bytes
         if self.dist.world_size > 1:
-            torch.distributed.all_reduce(stacked)
+            torch.distributed.all_reduce(sums)
         lines = []
-        for (step, seen, _), (nats, toks, nbytes) in zip(self.pending, stacked.tolist(), strict=True):
+        for (step, seen, *_), (total_nats, toks, nbytes) in zip(
+            self.pending, sums.cpu().tolist(), strict=True
+        ):
             record = {
                 "step": step,
                 "tokens_seen": seen,
-                "loss_nats": nats / toks if toks else float("nan"),
-                "bpb": nats / (LN2 * nbytes) if nbytes else float("nan"),
+                "loss_nats": total_nats / toks if toks else float("nan"),
+                "bpb": total_nats / (LN2 * nbytes) if nbytes else float("nan"),
                 "tokens": int(toks),
                 "bytes": round(nbytes),
             }
@@ -448,11 +454,7 @@ def train_loop(
                 targets[:n],
                 ctx,
             )
-            sums = torch.tensor(
-                [0.0, float(n * seq_len), float(batch.window_bytes[:n].sum())], dtype=torch.float64
-            )
-            sums[0] = nats.detach().double().cpu()
-            probe.add(step, tokens_seen, sums)
+            probe.add(step, tokens_seen, nats, n * seq_len, float(batch.window_bytes[:n].sum()))
 
         # 2) the update
         if harness_schedule:
@@ -519,8 +521,8 @@ def train_loop(
                 raise MinerFault(
                     f"training loss became non-finite by step {step}", code="eval.nonfinite_loss"
                 )
-            if on_step_end is not None:
-                on_step_end(step)
+        if on_step_end is not None:
+            on_step_end(step)
     result.probes = probe.records
     return result
 
@@ -631,23 +633,16 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
 
     # --- approved retry: the submission restores its own state, the harness skips the steps done
     start_step = 0
-    if submitted and spec.context.resume_checkpoint_dir and "load_checkpoint" in hooks:
-        resume_ctx = make_context(
-            spec.context,
-            rank=dist.rank,
-            local_rank=dist.local_rank,
-            world_size=dist.world_size,
-            device=str(dist.device),
-            distributed_backend=dist.backend,
-            checkpoint_dir=str(checkpoint_dir),
-        )
+    approved_retry = spec.context.attempt > 0 and spec.context.resume_checkpoint_dir is not None
+    if submitted and approved_retry and "load_checkpoint" in hooks:
+        # ctx carries is_resume=True and the accepted checkpoint's metadata (make_context).
         _miner_call(
             "hook.load_checkpoint_failed",
             "load_checkpoint",
             hooks["load_checkpoint"],
             model,
             spec.context.resume_checkpoint_dir,
-            resume_ctx,
+            ctx,
         )
         used["load_checkpoint"] = True
         start_step = spec.resume_step
@@ -684,6 +679,7 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
         loop_hooks.compute_loss = hooks["compute_loss"]
         used["compute_loss"] = True
     timings["build"] = time.perf_counter() - t
+    _record_hooks(report, hooks, used, loaded.root)  # already known if training fails below
 
     # --- train
     regime = spec.regime
@@ -739,7 +735,7 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
     timings["train"] = time.perf_counter() - t
     report.steps, report.tokens, report.bytes = start_step + result.steps, result.tokens, result.bytes
     if dist.world_size > 1:
-        total_bytes = torch.tensor([result.bytes], dtype=torch.float64)
+        total_bytes = torch.tensor([result.bytes], dtype=torch.float64, device=dist.device)
         torch.distributed.all_reduce(total_bytes)
         report.bytes = int(total_bytes.item())
     report.final_train_loss_nats = result.final_loss
@@ -761,11 +757,17 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
             "eval.save_failed", "saving the trained weights", save_weights, model, out_dir / WEIGHTS_FILENAME
         )
     timings["save"] = time.perf_counter() - t
+    _record_hooks(report, hooks, used, loaded.root)
+
+
+def _record_hooks(
+    report: RunnerReport, hooks: dict[str, Callable[..., Any]], used: dict[str, bool], root: Path
+) -> None:
     report.hooks = {
         name: HookUse(
             present=name in hooks,
             used=used.get(name, False),
-            source_file=hook_source_file(hooks[name], loaded.root) if name in hooks else None,
+            source_file=hook_source_file(hooks[name], root) if name in hooks else None,
         )
         for name in HOOK_NAMES
     }

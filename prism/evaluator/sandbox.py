@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import prism
 from prism.errors import InfrastructureFault, OperatorError
-from prism.evaluator.sandbox_cgroups import CgroupSupport, RunCgroup, detect_cgroups
+from prism.evaluator.sandbox_cgroups import CgroupSupport, RunCgroup, detect_cgroups, reap_stale_cgroups
 from prism.profiles import Limits
 
 logger = logging.getLogger(__name__)
@@ -805,6 +805,15 @@ def start_sandboxed(
 @cache
 def detect_cgroups_cached() -> CgroupSupport:
     return detect_cgroups()
+
+
+def reap_stale_sandboxes() -> list[Path]:
+    """Kill and remove sandbox cgroups left behind by dead host processes (call at service start).
+
+    Only groups named after a host pid that no longer exists are touched; see
+    :func:`prism.evaluator.sandbox_cgroups.reap_stale_cgroups`.
+    """
+    return reap_stale_cgroups(detect_cgroups_cached())
 
 
 def run_sandboxed(

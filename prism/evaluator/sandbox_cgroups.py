@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 _KILL_TIMEOUT_S = 5.0
 _REMOVE_TIMEOUT_S = 5.0
+#: Per-run groups are named ``{RUN_PREFIX}-{owner pid}-{random}``; the owner pid lets a later
+#: process recognise groups whose owner died without cleaning up (see ``reap_stale_cgroups``).
+RUN_PREFIX = "prism-sandbox"
 
 
 @dataclass(frozen=True)
@@ -178,8 +181,17 @@ class RunCgroup:
     _removed: bool = field(default=False, repr=False)
 
     @classmethod
-    def create(cls, support: CgroupSupport, *, memory_bytes: int, pids: int) -> RunCgroup:
-        name = f"prism-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    def create(
+        cls,
+        support: CgroupSupport,
+        *,
+        memory_bytes: int,
+        pids: int,
+        prefix: str = RUN_PREFIX,
+        owner_pid: int | None = None,
+    ) -> RunCgroup:
+        owner = os.getpid() if owner_pid is None else owner_pid
+        name = f"{prefix}-{owner}-{uuid.uuid4().hex[:12]}"
         run = cls(support)
         if support.memory_root is not None:
             run.memory_dir = cls._make(support.memory_root / name)
@@ -293,3 +305,35 @@ class RunCgroup:
                     break
                 time.sleep(0.05)
         self._removed = True
+
+
+def _owner_alive(group_name: str, prefix: str) -> bool:
+    owner = group_name.removeprefix(prefix + "-").split("-", 1)[0]
+    if not owner.isdigit():
+        return True  # not one of ours in the expected shape: leave it alone
+    return Path(f"/proc/{owner}").exists()
+
+
+def reap_stale_cgroups(support: CgroupSupport, *, prefix: str = RUN_PREFIX) -> list[Path]:
+    """Kill and remove per-run groups whose owning host process is gone; returns what was reaped.
+
+    A validator killed with SIGKILL cannot clean up, and if it dies while bubblewrap is still
+    setting up, bwrap's helper can miss its parent-death signal and sleep forever inside the
+    group. Call this when a validator or evaluator service starts. A recycled owner pid only
+    delays the reaping to a later start-up.
+    """
+    reaped: list[Path] = []
+    roots = {r for r in (support.memory_root, support.pids_root) if r is not None}
+    for root in roots:
+        for group in sorted(root.glob(f"{prefix}-*")):
+            if not group.is_dir() or _owner_alive(group.name, prefix):
+                continue
+            orphan = RunCgroup(support)
+            if support.memory_root == root:
+                orphan.memory_dir = group
+            else:
+                orphan.pids_dir = group
+            logger.warning("reaping sandbox cgroup %s left by a dead process", group)
+            orphan.remove()
+            reaped.append(group)
+    return reaped

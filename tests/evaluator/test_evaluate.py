@@ -71,7 +71,7 @@ def test_seed_tinyblock_project_evaluates_unmodified(tmp_path, data_dir, tiny_pr
     """examples/tiny is the seed's multi-file TinyBlock: prism_challenge import, siblings by stem."""
     (manifest,) = evaluate(
         EXAMPLES / "tiny",
-        profile=tiny_profile(),
+        profile=tiny_profile(train_tokens=32 * 2 * 40),  # the seed's recipe declares batch_size=2
         data_dir=data_dir,
         out_dir=tmp_path,
         recipe_mode="submitted",

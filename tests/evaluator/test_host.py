@@ -225,3 +225,20 @@ def test_read_only_pass_never_follows_links_out_of_the_tree(tmp_path) -> None:
     assert stat.S_IMODE((tree / "sub").stat().st_mode) == 0o555
     _make_writable(tree)
     assert stat.S_IMODE((tree / "sub" / "f.txt").stat().st_mode) == 0o600
+
+
+def test_probe_summary_definitions() -> None:
+    from prism.evaluator.host import _summarize_probes
+
+    records = [
+        {"step": i, "tokens_seen": 64 * i, "loss_nats": 6.0 - 0.1 * i, "bpb": 8.0 - 0.2 * i}
+        for i in range(20)
+    ]
+    records.append({"step": 20, "tokens_seen": 1280, "loss_nats": float("nan"), "bpb": float("nan")})
+    summary = _summarize_probes(records)
+    assert summary["first_probe_loss_nats"] == 6.0
+    # last half of the 20 finite records: steps 10..19
+    assert summary["probe_bpb"] == pytest.approx(sum(8.0 - 0.2 * i for i in range(10, 20)) / 10)
+    # end of training: the last 10% (2 records), not one noisy probe
+    assert summary["train_bpb"] == pytest.approx((8.0 - 0.2 * 18 + 8.0 - 0.2 * 19) / 2)
+    assert _summarize_probes([]) == {}

@@ -424,3 +424,20 @@ def test_recipe_clamping(tmp_path, data_dir, tiny_profile) -> None:
     assert report.recipe_effective["batch_size"] == 16  # clamped to batch_size_cap
     assert report.recipe_effective["learning_rate"] == tiny_profile().lr_window[1]
     assert report.steps == (32 * 8 * 40) // (16 * 32)
+
+
+def test_periodic_checkpoints_follow_the_spec_interval(tmp_path, data_dir, tiny_profile) -> None:
+    source = SAVE.replace("RETURN", '{"path": "final", "metadata": {"step": ctx.attempt}}').replace(
+        'CALLS.append(("save", checkpoint_dir, ctx.checkpoint_dir))', "CALLS.append(len(CALLS))"
+    )
+    sub = tmp_path / "submission"
+    sub.mkdir()
+    (sub / "periodic.py").write_text(BASE + source, encoding="utf-8")
+    spec_path = _spec(tmp_path, data_dir, tiny_profile(), sub / "periodic.py", "submitted")
+    spec = RunSpec.read(spec_path).model_copy(update={"checkpoint_every_steps": 12})
+    spec_path.write_text(spec.model_dump_json(), encoding="utf-8")
+    assert runner.main(["--spec", str(spec_path)]) == EXIT_OK
+    report = RunnerReport.model_validate_json((tmp_path / "out" / RUNNER_REPORT_FILENAME).read_text())
+    # steps 12, 24, 36 and the end (40)
+    assert sys.modules["periodic"].CALLS == [0, 1, 2, 3]
+    assert report.checkpoint is not None and report.checkpoint.step == 40

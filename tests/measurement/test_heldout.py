@@ -42,7 +42,15 @@ def limits(wall_s: float = 120.0) -> SandboxLimits:
 def evaluate(tmp_path, load_project, save_weights, heldout_windows):
     """Write a submission, train-free weights from its own build_model, run the held-out process."""
 
-    def run(source: str, *, weights_source: str | None = None, wall_s: float = 120.0, name: str = "sub"):
+    def run(
+        source: str,
+        *,
+        weights_source: str | None = None,
+        wall_s: float = 120.0,
+        name: str = "sub",
+        corrupt_weights: bool = False,
+        isolation=None,
+    ):
         root = tmp_path / name
         root.mkdir()
         (root / "model.py").write_text(source, encoding="utf-8")
@@ -57,6 +65,8 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
         torch.manual_seed(1)
         model = module.build_model(PrismContext(**RUN_CONTEXT))
         weights = save_weights(model, name=f"{name}.safetensors")
+        if corrupt_weights:  # what a submission overwriting its weights file might leave
+            weights.write_bytes(b"\xff" * 64)
         windows, window_bytes = heldout_windows
         result = run_heldout(
             submission_dir=root,
@@ -70,7 +80,7 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
             batch_size=4,
             limits=limits(wall_s),
             log_path=tmp_path / f"{name}-out" / "heldout.log",
-            isolation=probe_isolation(),
+            isolation=isolation or probe_isolation(),
             extra_binds=[],
         )
         return result, model, (tmp_path / f"{name}-out" / "heldout.log")
@@ -203,6 +213,20 @@ def test_weights_that_do_not_fit_the_rebuilt_model_are_a_miner_fault(evaluate, t
     other = tiny_model.replace("Tiny(ctx.vocab_size, 16)", "Tiny(ctx.vocab_size, 24)")
     result, _, _ = evaluate(tiny_model, weights_source=other)
     assert (result.failure.code, result.failure.fault) == ("eval.weights_mismatch", "miner")
+
+
+def test_unreadable_weights_are_the_submissions_fault(evaluate, tiny_model):
+    result, _, _ = evaluate(tiny_model, corrupt_weights=True)
+    assert (result.failure.code, result.failure.fault) == ("eval.weights_mismatch", "miner")
+
+
+def test_degraded_isolation_measures_the_same(evaluate, tiny_model, heldout_windows, contexts):
+    # Hosts without bubblewrap run rlimits-only; the measurement must not change.
+    result, model, _ = evaluate(tiny_model, isolation=probe_isolation(force_degraded=True))
+    assert result.failure is None, result.failure
+    assert result.sandbox.isolation.mode == "degraded"
+    windows, window_bytes = heldout_windows
+    assert result.bpb == pytest.approx(contexts.bpb(model, windows, window_bytes), rel=1e-9)
 
 
 def test_submission_crash_at_import_is_the_submissions_fault(evaluate, tiny_model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prism.evaluator.sandbox import detect_cgroups_cached
+from prism.evaluator.sandbox_cgroups import RunCgroup, reap_stale_cgroups
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -165,3 +167,31 @@ def test_exit_codes_and_signals_are_reported(run_script):
     result, _ = run_script("print('fine')")
     assert result.ok and result.failure_code() is None
     assert _our_cgroups() == []
+
+
+def test_stale_groups_of_dead_owners_are_reaped():
+    """A host killed mid-run leaves its group (and maybe a process) behind; a later start reaps it."""
+    support = detect_cgroups_cached()
+    if not (support.memory or support.pids):
+        pytest.skip("no writable cgroups here")
+    finished = subprocess.Popen(["true"])  # a pid that existed and is gone
+    finished.wait()
+    prefix = f"prism-sandbox-test{uuid.uuid4().hex[:8]}"
+    stale = RunCgroup.create(
+        support, memory_bytes=100_000_000, pids=16, prefix=prefix, owner_pid=finished.pid
+    )
+    live = RunCgroup.create(support, memory_bytes=100_000_000, pids=16, prefix=prefix)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        for procs in stale.procs_files():
+            procs.write_text(str(sleeper.pid), encoding="ascii")
+        reaped = reap_stale_cgroups(support, prefix=prefix)
+        assert reaped and all(path.name.startswith(f"{prefix}-{finished.pid}-") for path in reaped)
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert all(not path.exists() for path in reaped)
+        assert all(path.parent.exists() for path in live.procs_files())  # a live owner's group stays
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+        live.remove()
+        stale.remove()

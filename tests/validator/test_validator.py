@@ -211,6 +211,9 @@ def test_killed_validator_and_second_validator_set_identical_weights(tmp_path: P
     finally:
         for proc in procs:
             _stop(proc)
+    # Nothing survives: neither neurons nor a sandbox orphaned by the SIGKILL (the restarted
+    # validator reaps sandboxes whose owner died).
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).returncode == 1
 
 
 def test_wandb_callback_logs_stage_numbers_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
