@@ -123,6 +123,9 @@ def seed_everything(seed: int, threads: int, device: str) -> None:
     if device == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
+        # TF32 matmuls for every submission alike: deterministic, and several times faster than
+        # full float32 on Ampere/Hopper. (Unmeasured here: no GPU was available.)
+        torch.set_float32_matmul_precision("high")
     # warn_only: a submission using an op without a deterministic kernel still runs (and is logged).
     torch.use_deterministic_algorithms(True, warn_only=True)
 

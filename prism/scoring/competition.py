@@ -317,7 +317,8 @@ def _variant_candidate(
         sub.reasons.add("training.target_mismatch")
         return None
     family = families.get(r.family_id or "")
-    if family is None or family.founder.record.order_key > r.order_key:
+    # Same-block commits are simultaneous: a variant may target a family founded in its own block.
+    if family is None or family.founder.record.commit_block > r.commit_block:
         if r.kind == "training_for_arch":
             sub.reasons.add("training.unknown_target")
         return None

@@ -1,7 +1,8 @@
 """Pools -> recipients -> uids -> a normalized weight vector.
 
 The architecture pool pays the owner(s) of the leading famil(y/ies); the training pool pays the
-best variant(s) of the leading family. A recipient whose hotkey is not in the current metagraph
+best variant(s) of the leading family, or of the highest-ranked family that has a qualifying
+variant when the leader has none. A recipient whose hotkey is not in the current metagraph
 (deregistered) leaves its share unclaimed, as does a pool with nobody to pay. Unclaimed share
 follows ``policy.unclaimed_rule``:
 
@@ -91,14 +92,19 @@ def _architecture_ranking(standings: Standings) -> list[FamilyEntry]:
 
 
 def _training_ranking(standings: Standings) -> list[VariantEntry]:
-    """Variants of the leading family: best first, then other qualifying ones by improvement."""
-    pool = [v for v in standings.variants if v.family_id == standings.leader_family_id and v.qualifies]
-    best = [v for v in pool if v.best]
-    others = sorted(
-        (v for v in pool if not v.best),
-        key=lambda v: (-v.improvement_bpb, v.commit_block, v.hotkey, v.zip_sha256),
-    )
-    return best + others
+    """Qualifying variants of the highest-ranked family that has any (the leader's when it has
+    one, so the pool backs the architecture the subnet leads with): best first, then the other
+    qualifying ones by improvement."""
+    for family in _architecture_ranking(standings):
+        pool = [v for v in standings.variants if v.family_id == family.family_id and v.qualifies]
+        if pool:
+            best = [v for v in pool if v.best]
+            others = sorted(
+                (v for v in pool if not v.best),
+                key=lambda v: (-v.improvement_bpb, v.commit_block, v.hotkey, v.zip_sha256),
+            )
+            return best + others
+    return []
 
 
 def _pool_payouts(

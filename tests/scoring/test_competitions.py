@@ -395,6 +395,39 @@ def test_training_variant_past_margin_wins_training_pool() -> None:
     assert result.weights == pytest.approx({1: 0.6, 5: 0.4})
 
 
+def test_training_pool_falls_to_the_best_ranked_family_with_a_variant() -> None:
+    # carol's family B leads the architecture competition but has no training variant; erin's
+    # qualifying variant of family A (ranked second) takes the training pool.
+    records = training_setup((1.19, 1.19), (1.19, 1.19))
+    records.append(arch("b", "carol", 12, 1.1, family="B", version="B1"))
+    result = compute_weights(records, policy(), UIDS, 30)
+    assert result.leaderboard.leader_family_id == "B"
+    assert result.weights == pytest.approx({3: 0.6, 5: 0.4})
+    # once the leader has a qualifying variant of its own, the pool follows the leader
+    leader_variant = full_grid(
+        "bt", grid((1.09, 1.09), (1.09, 1.09)), mode="submitted", family="B", version="B1"
+    )
+    records.append(
+        record("bt", "frank", 25, leader_variant, kind="training_for_arch", family="B", version="B1",
+               target_architecture_id="B", training_fingerprint=sha("bt"))
+    )  # fmt: skip
+    assert compute_weights(records, policy(), UIDS, 30).weights == pytest.approx({3: 0.6, 6: 0.4})
+
+
+def test_variant_committed_in_the_founding_block_targets_the_family() -> None:
+    # Same-block commits are simultaneous: a lower hotkey does not put the variant "before" it.
+    base = arch("a", "zed", 10, 1.2, family="A", version="A1")
+    variant = full_grid("t", grid((1.19, 1.19), (1.19, 1.19)), mode="submitted", family="A", version="A1")
+    trainer = record("t", "erin", 10, variant, kind="training_for_arch", family="A", version="A1",
+                     target_architecture_id="A", training_fingerprint=sha("t"))  # fmt: skip
+    result = compute_weights([base, trainer], policy(), {**UIDS, "zed": 9}, 30)
+    assert reasons_of(result, "erin") == ()
+    assert result.weights == pytest.approx({9: 0.6, 5: 0.4})
+    late_family = arch("a", "zed", 11, 1.2, family="A", version="A1")
+    early = compute_weights([late_family, trainer], policy(), {**UIDS, "zed": 9}, 30)
+    assert reasons_of(early, "erin") == ("training.unknown_target",)
+
+
 def test_later_variant_must_beat_current_best_by_margin() -> None:
     records = training_setup((1.19, 1.19), (1.19, 1.19))
     close = full_grid("u", grid((1.189, 1.189), (1.189, 1.189)), mode="submitted", family="A", version="A1")
