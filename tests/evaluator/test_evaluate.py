@@ -162,3 +162,41 @@ def test_ddp_two_processes_on_cpu(tmp_path, data_dir, tiny_profile) -> None:
     assert manifest.metrics.train_steps == 30 and manifest.metrics.train_tokens == 30 * 8 * 32
     assert manifest.recipe.effective["per_rank_batch"] == 4
     assert manifest.metrics.heldout_bpb is not None and manifest.metrics.heldout_bpb < INIT_BPB - 0.5
+
+
+RESUMABLE = LR_ZERO.replace(
+    "def configure_optimizer(model, recipe, ctx):\n    return torch.optim.SGD(model.parameters(), lr=0.0)\n",
+    """
+def save_checkpoint(model, checkpoint_dir, ctx):
+    # The static gate allows neither os nor pathlib: plain string paths it is.
+    torch.save(model.state_dict(), checkpoint_dir + "/model.pt")
+    return {"path": "model.pt", "metadata": {"attempt": ctx.attempt}}
+
+def load_checkpoint(model, checkpoint_dir, ctx):
+    assert ctx.is_resume and ctx.checkpoint_metadata == {"attempt": 0}
+    model.load_state_dict(torch.load(checkpoint_dir + "/model.pt"))
+""",
+)
+
+
+def test_approved_retry_resumes_from_the_accepted_checkpoint(tmp_path, data_dir, tiny_profile) -> None:
+    path = tmp_path / "resumable.py"
+    path.write_text(RESUMABLE, encoding="utf-8")
+    common = dict(
+        profile=tiny_profile(train_tokens=32 * 8 * 20),
+        data_dir=data_dir,
+        out_dir=tmp_path / "out",
+        recipe_mode="submitted",
+        progress=False,
+    )
+    (first,) = evaluate(path, **common)
+    assert first.status.state == "succeeded", first.status.failure
+    assert first.artifacts.checkpoint == "sandbox_out/checkpoints/model.pt"
+    assert (tmp_path / "out" / first.run_id / first.artifacts.checkpoint).is_file()
+    checkpoints = tmp_path / "out" / first.run_id / "sandbox_out" / "checkpoints"
+    (retry,) = evaluate(path, attempt=1, resume_checkpoint_dir=checkpoints, **common)
+    assert retry.status.state == "succeeded", retry.status.failure
+    assert retry.hooks["load_checkpoint"].used and not first.hooks["load_checkpoint"].used
+    # The checkpoint was taken at the end (step 20), so the retry resumes there: no steps left.
+    assert retry.metrics.train_steps == 20 and retry.metrics.probe_curve == []
+    assert retry.metrics.heldout_bpb == pytest.approx(first.metrics.heldout_bpb, abs=1e-6)
