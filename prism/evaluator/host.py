@@ -142,10 +142,19 @@ class _Progress:
             return None
         return self._bar.add_task(description, total=total, status="starting")
 
-    def update(self, task: int | None, *, completed: int | None = None, status: str | None = None) -> None:
+    def update(
+        self,
+        task: int | None,
+        *,
+        completed: int | None = None,
+        status: str | None = None,
+        total: int | None = None,
+    ) -> None:
         if self._bar is None or task is None:
             return
         fields: dict[str, Any] = {}
+        if total is not None:
+            fields["total"] = total
         if completed is not None:
             fields["completed"] = completed
         if status is not None:
@@ -762,8 +771,8 @@ def _evaluate_one(
         )
     timings["train_sandbox"] = time.perf_counter() - t
     report = _read_runner_report(plan.sandbox_out)
-    if report is not None and report.planned_steps:
-        bars.update(task, completed=report.steps)
+    if report is not None and report.planned_steps:  # the real step count (a submitted batch size differs)
+        bars.update(task, completed=report.steps, total=report.planned_steps)
     weights = plan.sandbox_out / WEIGHTS_FILENAME
     if failure is None:
         failure = _training_failure(sandbox, report, weights.is_file() and not weights.is_symlink())

@@ -736,7 +736,10 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport) -> None:
         report.nonfinite_loss = exc.code == "eval.nonfinite_loss"
         raise
     timings["train"] = time.perf_counter() - t
-    report.steps, report.tokens, report.bytes = start_step + result.steps, result.tokens, result.bytes
+    # Tokens count the whole run (a resumed attempt includes the steps done before the interruption);
+    # bytes are measured, so only this attempt's batches count.
+    report.steps, report.bytes = start_step + result.steps, result.bytes
+    report.tokens = report.steps * eff.global_batch * regime.sequence_length
     if dist.world_size > 1:
         total_bytes = torch.tensor([result.bytes], dtype=torch.float64, device=dist.device)
         torch.distributed.all_reduce(total_bytes)

@@ -199,4 +199,5 @@ def test_approved_retry_resumes_from_the_accepted_checkpoint(tmp_path, data_dir,
     assert retry.hooks["load_checkpoint"].used and not first.hooks["load_checkpoint"].used
     # The checkpoint was taken at the end (step 20), so the retry resumes there: no steps left.
     assert retry.metrics.train_steps == 20 and retry.metrics.probe_curve == []
+    assert retry.metrics.train_tokens == first.metrics.train_tokens == 20 * 8 * 32
     assert retry.metrics.heldout_bpb == pytest.approx(first.metrics.heldout_bpb, abs=1e-6)
