@@ -263,7 +263,7 @@ def report(
         )
     console.print(table)
     runs_dir = config.root / "validator" / "runs"
-    console.print(f"run manifests and plots: {runs_dir}/<run_id>/ (prism_run_manifest.v1.json, *.png)")
+    console.print(f"run manifests and plots: {runs_dir}/<run_id>/ (prism_run_manifest.v1.json, loss_curve.svg)")
     console.print(f"logs: {config.root / 'logs'}")
     return {
         "weights": {names.get(n.hotkey, n.hotkey): weights.get(n.uid, 0.0) for n in graph.neurons},

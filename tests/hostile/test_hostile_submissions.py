@@ -53,7 +53,7 @@ def test_static_gate_rejects_the_obvious_before_any_sandbox(tmp_path):
     assert excinfo.value.fault == "miner"
 
 
-def test_socket_to_host_loopback_and_outside_fails(evaluate_hostile):
+def test_socket_to_host_loopback_and_outside_fails(evaluate_hostile, outside_targets):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -71,13 +71,14 @@ def test_socket_to_host_loopback_and_outside_fails(evaluate_hostile):
 
     thread = threading.Thread(target=accept_loop, daemon=True)
     thread.start()
+    targets = [("127.0.0.1", port), *outside_targets]
     try:
         run = evaluate_hostile(
             f"""
             def build_model(ctx):
                 probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)"
                 codes = [_os("system")(f"python3 -c '{{probe}}' {{host}} {{port}}")
-                         for host, port in (("127.0.0.1", {port}), ("1.1.1.1", 443), ("8.8.8.8", 53))]
+                         for host, port in {targets!r}]
                 if any(codes):
                     raise ConnectionError(f"exfiltration blocked: exit codes {{codes}}")
                 return TinyLM(ctx.vocab_size)
