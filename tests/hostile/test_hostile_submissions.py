@@ -7,8 +7,6 @@ import itertools
 import json
 import math
 import os
-import socket
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -53,44 +51,22 @@ def test_static_gate_rejects_the_obvious_before_any_sandbox(tmp_path):
     assert excinfo.value.fault == "miner"
 
 
-def test_socket_to_host_loopback_and_outside_fails(evaluate_hostile, outside_targets):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept())
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    targets = [("127.0.0.1", port), *outside_targets]
-    try:
-        run = evaluate_hostile(
-            f"""
-            def build_model(ctx):
-                probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)"
-                codes = [_os("system")(f"python3 -c '{{probe}}' {{host}} {{port}}")
-                         for host, port in {targets!r}]
-                if any(codes):
-                    raise ConnectionError(f"exfiltration blocked: exit codes {{codes}}")
-                return TinyLM(ctx.vocab_size)
-            """
-        )
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
+def test_socket_to_host_loopback_and_outside_fails(evaluate_hostile, outside_targets, host_listener):
+    targets = [("127.0.0.1", host_listener.port), *outside_targets]
+    run = evaluate_hostile(
+        f"""
+        def build_model(ctx):
+            probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)"
+            codes = [_os("system")(f"python3 -c '{{probe}}' {{host}} {{port}}")
+                     for host, port in {targets!r}]
+            if any(codes):
+                raise ConnectionError(f"exfiltration blocked: exit codes {{codes}}")
+            return TinyLM(ctx.vocab_size)
+        """
+    )
     _assert_miner_failure(run)
     assert "exfiltration blocked" in run.log
-    assert accepted == []
+    assert host_listener.accepted == []
 
 
 def test_writes_outside_the_work_dir_fail(evaluate_hostile, outside_dir):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from pathlib import Path
 
 from prism.evaluator.sandbox import Bind, python_binds
@@ -41,50 +40,29 @@ def test_sandbox_identity_hosts_and_private_tmp(run_script, tmp_path, monkeypatc
     assert "UID-CAPS 0000000000000000" in log  # every capability dropped
 
 
-def test_network_only_private_loopback(run_script, outside_targets):
+def test_network_only_private_loopback(run_script, outside_targets, host_listener):
     """Connecting to a host listener on 127.0.0.1 and to outside addresses both fail."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        while not stop.is_set():
+    targets = [("127.0.0.1", host_listener.port), *outside_targets]
+    result, log = run_script(
+        f"""
+        import socket
+        for host, port in {targets!r}:
             try:
-                accepted.append(listener.accept())
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        result, log = run_script(
-            f"""
-            import socket
-            for host, port in {[("127.0.0.1", port), *outside_targets]!r}:
-                try:
-                    socket.create_connection((host, port), timeout=2).close()
-                    print("CONNECTED", host)
-                except OSError as exc:
-                    print("BLOCKED", host, type(exc).__name__)
-            # Loopback inside the sandbox works (torchrun --standalone needs it).
-            server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
-            socket.create_connection(server.getsockname()).close()
-            print("OWN-LOOPBACK-OK")
-            """
-        )
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
+                socket.create_connection((host, port), timeout=2).close()
+                print("CONNECTED", host)
+            except OSError as exc:
+                print("BLOCKED", host, type(exc).__name__)
+        # Loopback inside the sandbox works (torchrun --standalone needs it).
+        server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+        socket.create_connection(server.getsockname()).close()
+        print("OWN-LOOPBACK-OK")
+        """
+    )
     assert result.exit_code == 0, log
     assert "CONNECTED" not in log
-    assert log.count("BLOCKED") == 1 + len(outside_targets)
+    assert log.count("BLOCKED") == len(targets)
     assert "OWN-LOOPBACK-OK" in log
-    assert accepted == []  # the host listener never saw a connection
+    assert host_listener.accepted == []  # the host listener never saw a connection
 
 
 def test_writes_only_reach_writable_binds(run_script, tmp_path):
