@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,23 @@ def host_listener() -> Iterator[HostListener]:
         stop.set()
         thread.join()
         listener.close()
+
+
+def prepare_text_corpus(texts: list[str], root: Path, *, shard_tokens: int) -> Path:
+    """Real byte-level shards (``prism data prepare`` on a jsonl file) from a list of texts."""
+    from prism.data import LocalFileSource, prepare_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    source = root / "docs.jsonl"
+    rows = [{"id": f"doc-{i}", "text": text} for i, text in enumerate(texts)]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    prepare_dataset(
+        LocalFileSource(source, fmt="jsonl"), "byte", root / "prepared", shard_tokens=shard_tokens
+    )
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def text_corpus_builder():
+    """``prepare_text_corpus`` as a fixture, for conftests that cannot import this module."""
+    return prepare_text_corpus

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections.abc import Iterator
@@ -59,19 +58,10 @@ def _document(rng: random.Random) -> str:
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A prepared byte-tokenized data dir (train/val/test) built from 600 synthetic documents."""
-    from prism.data import LocalFileSource, prepare_dataset
-
-    root = tmp_path_factory.mktemp("evaluator-data")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, text_corpus_builder) -> Path:
     rng = random.Random(1234)
-    source_file = root / "docs.jsonl"
-    with source_file.open("w", encoding="utf-8") as fh:
-        for i in range(600):
-            fh.write(json.dumps({"id": f"doc-{i}", "text": _document(rng)}) + "\n")
-    out = root / "prepared"
-    prepare_dataset(LocalFileSource(source_file, fmt="jsonl"), "byte", out, shard_tokens=1 << 16)
-    return out
+    texts = [_document(rng) for _ in range(600)]
+    return text_corpus_builder(texts, tmp_path_factory.mktemp("evaluator-data"), shard_tokens=1 << 16)
 
 
 def _tiny_profile(**regime_updates: object):

@@ -7,7 +7,6 @@ constant attribute names), so these tests exercise the sandbox, not the gate.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import textwrap
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from prism.data import LocalFileSource, prepare_dataset
 from prism.manifest import MANIFEST_FILENAME, RunManifest
 from prism.profiles import Profile, load_profile
 
@@ -95,13 +93,10 @@ def corpus_text() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def hostile_data(tmp_path_factory: pytest.TempPathFactory, corpus_text: list[str]) -> Path:
-    root = tmp_path_factory.mktemp("hostile-data")
-    source = root / "docs.jsonl"
-    rows = [{"id": f"doc-{i}", "text": text} for i, text in enumerate(corpus_text)]
-    source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    prepare_dataset(LocalFileSource(source, fmt="jsonl"), "byte", root / "data", shard_tokens=1024)
-    return root / "data"
+def hostile_data(
+    tmp_path_factory: pytest.TempPathFactory, corpus_text: list[str], text_corpus_builder
+) -> Path:
+    return text_corpus_builder(corpus_text, tmp_path_factory.mktemp("hostile-data"), shard_tokens=1024)
 
 
 @pytest.fixture(scope="session")
