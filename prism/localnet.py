@@ -143,18 +143,72 @@ def _common_flags(config: LocalnetConfig, chain_path: Path, wallet_name: str) ->
     ]  # fmt: skip
 
 
-def start_miners(config: LocalnetConfig, chain_path: Path) -> list[Neuron]:
-    neurons = []
+def start_miners(
+    config: LocalnetConfig, chain_path: Path, wallets: dict[str, Any], neurons: list[Neuron]
+) -> None:
+    """Architecture miners first; training variants once their target family is on chain.
+
+    A ``training_for_arch`` submission targets a family that already exists: a variant committed
+    in an earlier block than its family is refused by scoring (``training.unknown_target``).
+    """
+    from prism.submission import load_submission
+
+    variants = {m.name for m in config.miners if load_submission(m.submission).kind == "training_for_arch"}
+    # Appended one by one so the caller can stop whatever started if a later step fails.
     for miner in config.miners:
-        argv = [
-            sys.executable, "-m", "prism.miner",
-            *_common_flags(config, chain_path, miner.name),
-            "--submission", str(miner.submission),
-            "--axon.ip", "127.0.0.1",
-            "--axon.port", str(free_port()),
-        ]  # fmt: skip
-        neurons.append(_spawn(miner.name, argv, config.root / "logs"))
-    return neurons
+        if miner.name not in variants:
+            neurons.append(_start_miner(config, chain_path, miner))
+    if variants:
+        _wait_for_commitments(config, chain_path, [wallets[n.name] for n in neurons], neurons)
+        for miner in config.miners:
+            if miner.name in variants:
+                neurons.append(_start_miner(config, chain_path, miner))
+
+
+def _start_miner(config: LocalnetConfig, chain_path: Path, miner: MinerSpec) -> Neuron:
+    argv = [
+        sys.executable, "-m", "prism.miner",
+        *_common_flags(config, chain_path, miner.name),
+        "--submission", str(miner.submission),
+        "--axon.ip", "127.0.0.1",
+        "--axon.port", str(free_port()),
+    ]  # fmt: skip
+    return _spawn(miner.name, argv, config.root / "logs")
+
+
+def _wait_for_commitments(
+    config: LocalnetConfig,
+    chain_path: Path,
+    wallets: list[Any],
+    neurons: list[Neuron],
+    timeout_s: float = 120.0,
+) -> None:
+    from prism.chain.local import LocalChain
+    from prism.chain.wallets import hotkey_ss58
+
+    hotkeys = {hotkey_ss58(w) for w in wallets}
+    chain = LocalChain(chain_path, config.netuid)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not hotkeys <= set(chain.commitments()):
+            _check_alive(neurons)
+            if time.monotonic() > deadline:
+                raise InfrastructureFault(
+                    f"miners did not commit within {timeout_s:.0f} s; see {config.root / 'logs'}",
+                    code="localnet.timeout",
+                )
+            time.sleep(0.5)
+    finally:
+        chain.close()
+
+
+def _check_alive(neurons: list[Neuron]) -> None:
+    for neuron in neurons:
+        if neuron.process.poll() is not None:
+            raise InfrastructureFault(
+                f"{neuron.name} exited with code {neuron.process.returncode}; see {neuron.log_path}",
+                code="localnet.neuron_exited",
+            )
 
 
 def start_validator(config: LocalnetConfig, chain_path: Path, data_dir: Path) -> Neuron:
@@ -178,36 +232,26 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _finished(status: dict[str, Any] | None, expected_submissions: int, settled_block: int | None) -> bool:
-    """Every submission evaluated, nothing pending, and weights set after the last evaluation."""
+def _finished(status: dict[str, Any] | None, expected_submissions: int) -> bool:
+    """Every submission evaluated, nothing pending, and weights set after the last result."""
     if not status or status.get("submissions", 0) < expected_submissions or status.get("pending_runs", 1):
         return False
-    last = status.get("last_weights_block")
-    return last is not None and settled_block is not None and last >= settled_block
+    return bool(status.get("weights_current")) and status.get("last_weights_block") is not None
 
 
 def wait_for_validator(config: LocalnetConfig, neurons: list[Neuron], console: Console) -> dict[str, Any]:
     state_dir = config.root / "validator"
     deadline = time.monotonic() + config.timeout_s
-    settled_block: int | None = None  # the block at which the validator first had nothing pending
     with console.status("waiting for the validator...") as spinner:
         while time.monotonic() < deadline:
-            for neuron in neurons:
-                if neuron.process.poll() is not None:
-                    raise InfrastructureFault(
-                        f"{neuron.name} exited with code {neuron.process.returncode}; see {neuron.log_path}",
-                        code="localnet.neuron_exited",
-                    )
+            _check_alive(neurons)
             status = read_status(state_dir)
             if status:
-                pending = status.get("pending_runs", 0)
-                ready = status.get("submissions", 0) >= len(config.miners) and not pending
-                settled_block = (settled_block or status["block"]) if ready else None
                 spinner.update(
                     f"block {status['block']}: {status.get('submissions', 0)}/{len(config.miners)} submissions, "
                     f"runs {status.get('runs', {})}, last weights at block {status.get('last_weights_block')}"
                 )
-            if _finished(status, len(config.miners), settled_block):
+            if _finished(status, len(config.miners)):
                 return status or {}
             time.sleep(1.0)
     raise InfrastructureFault(
@@ -263,7 +307,9 @@ def report(
         )
     console.print(table)
     runs_dir = config.root / "validator" / "runs"
-    console.print(f"run manifests and plots: {runs_dir}/<run_id>/ (prism_run_manifest.v1.json, loss_curve.svg)")
+    console.print(
+        f"run manifests and plots: {runs_dir}/<run_id>/ (prism_run_manifest.v1.json, loss_curve.svg)"
+    )
     console.print(f"logs: {config.root / 'logs'}")
     return {
         "weights": {names.get(n.hotkey, n.hotkey): weights.get(n.uid, 0.0) for n in graph.neurons},
@@ -290,7 +336,7 @@ def run_localnet(config: LocalnetConfig, console: Console | None = None) -> dict
     ensure_offline_corpus(data_dir, tokenizer=profile.tokenizer)
     neurons: list[Neuron] = []
     try:
-        neurons = start_miners(config, chain_path)
+        start_miners(config, chain_path, wallets, neurons)
         neurons.append(start_validator(config, chain_path, data_dir))
         wait_for_validator(config, neurons, console)
         summary = report(config, chain_path, wallets, console)

@@ -153,6 +153,8 @@ class LoopState:
 
     step: int = 0
     last_weights_block: int | None = None
+    last_result_step: int = 0  # the step that last finished (or failed) a run
+    last_weights_step: int | None = None  # the step that last set weights, since start-up
     unreachable: dict[str, int] = field(default_factory=dict)  # hotkey -> block of last failed fetch
 
 
@@ -372,6 +374,7 @@ def set_weights(chain: Chain, wallet: Any, result: WeightResult, store: Store, v
     store.record_weights(block, result.weights, profile_key=result.leaderboard.profile_key,
                          rules_version=result.leaderboard.rules_version)  # fmt: skip
     state.last_weights_block = block
+    state.last_weights_step = state.step
     return {"set": 1, "block": block, "uids": len(result.weights)}
 
 
@@ -417,7 +420,10 @@ def step(parts: ValidatorParts, state: LoopState, stop: threading.Event) -> Loop
     _emit(parts, "fetch", intake(results, fresh, parts.store, parts.profile, state, view.block))
     _register_copies(copies, parts.store, parts.profile)
     if not stop.is_set():
-        _emit(parts, "evaluate", evaluate_next(parts.store, _settings(parts), parts.evaluate, stop))
+        outcome = evaluate_next(parts.store, _settings(parts), parts.evaluate, stop)
+        if outcome:
+            state.last_result_step = state.step
+        _emit(parts, "evaluate", outcome)
     result = score(parts.store, parts.policy, view)
     _emit(parts, "score", {"families": len(result.leaderboard.families), "scored_uids": len(result.weights)})
     if weights_due(view, parts.chain, parts.hotkey, state):
@@ -460,6 +466,9 @@ def _status(parts: ValidatorParts, view: ChainView, state: LoopState) -> dict[st
         "pending_runs": by_state.get("queued", 0) + by_state.get("running", 0),
         "last_weights_block": last[0] if last else None,
         "last_weights": {str(uid): w for uid, w in (last[1] if last else {}).items()},
+        # True once weights were set after the latest result: the chain reflects every result.
+        "weights_current": state.last_weights_step is not None
+        and state.last_weights_step >= state.last_result_step,
         "updated_at": time.time(),
     }
 

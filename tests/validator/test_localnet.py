@@ -19,13 +19,14 @@ from prism.localnet import LocalnetConfig, _finished, default_miners
 TINY_PROFILE = Path(__file__).with_name("tiny_profile.yaml")
 
 
-def test_finished_needs_every_submission_nothing_pending_and_later_weights() -> None:
-    status = {"submissions": 3, "pending_runs": 0, "last_weights_block": 50, "block": 52}
-    assert _finished(status, 3, settled_block=50)
-    assert not _finished(status, 3, settled_block=51)  # weights predate the last evaluation
-    assert not _finished({**status, "pending_runs": 1}, 3, settled_block=40)
-    assert not _finished({**status, "submissions": 2}, 3, settled_block=40)
-    assert not _finished(None, 3, settled_block=40)
+def test_finished_needs_every_submission_nothing_pending_and_current_weights() -> None:
+    status = {"submissions": 3, "pending_runs": 0, "last_weights_block": 50, "weights_current": True}
+    assert _finished(status, 3)
+    assert not _finished({**status, "weights_current": False}, 3)  # weights predate the last result
+    assert not _finished({**status, "pending_runs": 1}, 3)
+    assert not _finished({**status, "submissions": 2}, 3)
+    assert not _finished({**status, "last_weights_block": None}, 3)
+    assert not _finished(None, 3)
 
 
 def test_default_miners_are_two_families_and_one_training_variant() -> None:
