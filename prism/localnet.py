@@ -9,6 +9,7 @@ process it started is stopped on exit, on error and on Ctrl-C (unless ``--keep-r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -260,17 +261,39 @@ def wait_for_validator(config: LocalnetConfig, neurons: list[Neuron], console: C
     )
 
 
-def stop_all(neurons: list[Neuron], *, grace_s: float = 10.0) -> None:
-    for neuron in neurons:
-        if neuron.process.poll() is None:
-            os.killpg(neuron.process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for neuron in neurons:
-        try:
-            neuron.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(neuron.process.pid, signal.SIGKILL)
-            neuron.process.wait()
+def stop_all(neurons: list[Neuron], *, grace_s: float = 15.0) -> None:
+    """SIGTERM every neuron's process group, then SIGKILL what is left after ``grace_s``.
+
+    A second Ctrl-C during cleanup is ignored so that every neuron is stopped.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for neuron in neurons:
+            _signal_group(neuron, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for neuron in neurons:
+            try:
+                neuron.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(neuron, signal.SIGKILL)
+                neuron.process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _signal_group(neuron: Neuron, sig: int) -> None:
+    if neuron.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(neuron.process.pid, sig)
+
+
+def _raise_on_sigterm() -> None:
+    """``kill`` / a CI timeout stops localnet like Ctrl-C does, so the cleanup still runs."""
+
+    def _handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _handler)
 
 
 def report(
@@ -335,6 +358,7 @@ def run_localnet(config: LocalnetConfig, console: Console | None = None) -> dict
     data_dir = config.root / "data" / f"offline-{profile.tokenizer}"
     ensure_offline_corpus(data_dir, tokenizer=profile.tokenizer)
     neurons: list[Neuron] = []
+    _raise_on_sigterm()
     try:
         start_miners(config, chain_path, wallets, neurons)
         neurons.append(start_validator(config, chain_path, data_dir))
@@ -342,7 +366,8 @@ def run_localnet(config: LocalnetConfig, console: Console | None = None) -> dict
         summary = report(config, chain_path, wallets, console)
         if config.keep_running:
             console.print("all neurons keep running; press Ctrl-C to stop them")
-            while all(n.process.poll() is None for n in neurons):
+            while True:
+                _check_alive(neurons)  # a neuron that dies is an error, not a quiet exit
                 time.sleep(1.0)
         return summary
     finally:

@@ -59,7 +59,7 @@ def wallet_config(args: argparse.Namespace) -> WalletConfig:
 def chain_config(args: argparse.Namespace) -> ChainConfig:
     return ChainConfig(
         kind=args.chain_kind,
-        path=Path(args.chain_path) if args.chain_path else None,
+        path=Path(args.chain_path).expanduser().resolve() if args.chain_path else None,
         network=args.subtensor_network,
         endpoint=args.subtensor_chain_endpoint,
     )

@@ -455,18 +455,55 @@ class Store:
             )
         return state
 
-    def requeue_interrupted(self) -> int:
+    def requeue_interrupted(self, max_attempts: int | None = None) -> int:
         """Start-up recovery: runs left ``running`` by a crash go back to the queue and half-written
-        blobs are removed. Returns how many runs were re-queued."""
+        blobs are removed. Returns how many runs were re-queued.
+
+        With ``max_attempts``, a run that has already been claimed that many times is failed as an
+        infrastructure fault (``validator.interrupted``) instead: a run that keeps killing its
+        validator must not block the queue forever.
+        """
         for partial in (self.root / "blobs").glob("*/.tmp-*.partial"):
             partial.unlink(missing_ok=True)
+        now = self._clock()
         with self._write() as conn:
+            if max_attempts is not None:
+                conn.execute(
+                    """UPDATE runs SET state = 'failed', failure_code = 'validator.interrupted',
+                           failure_fault = 'infrastructure',
+                           failure_message = 'the validator died during every attempt of this run',
+                           updated_at = ? WHERE state = 'running' AND attempts >= ?""",
+                    (now, max_attempts),
+                )
             cursor = conn.execute(
-                "UPDATE runs SET state = 'queued', updated_at = ? WHERE state = 'running'", (self._clock(),)
+                "UPDATE runs SET state = 'queued', updated_at = ? WHERE state = 'running'", (now,)
             )
         if cursor.rowcount:
             logger.info("re-queued %d runs interrupted by a restart", cursor.rowcount)
         return cursor.rowcount
+
+    def release_run(self, key: RunKey) -> None:
+        """A run stopped by an orderly shutdown goes back to the queue without using an attempt."""
+        with self._write() as conn:
+            conn.execute(
+                """UPDATE runs SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?
+                   WHERE state = 'running' AND zip_sha256 = ? AND profile = ? AND profile_version = ?
+                       AND regime = ? AND seed = ? AND recipe_mode = ?""",
+                (self._clock(), *_key_tuple(key)),
+            )
+
+    def record_fetch_failure(self, *, hotkey: str, zip_sha256: str, commit_block: int, uid: int | None,
+                             code: str) -> None:  # fmt: skip
+        """A miner fault of one hotkey's download (wrong bytes, oversized, garbage): recorded on that
+        hotkey's row only, never on the hash, which another hotkey may serve honestly."""
+        self.upsert_submission(
+            hotkey=hotkey, zip_sha256=zip_sha256, commit_block=commit_block, kind="full", uid=uid
+        )
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE submissions SET intake_ok = 0, intake_codes = ? WHERE hotkey = ? AND zip_sha256 = ?",
+                (json.dumps([code]), hotkey, zip_sha256),
+            )
 
     def runs(self, zip_sha256: str | None = None) -> list[RunRow]:
         query, args = "SELECT * FROM runs", ()

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism import __version__
-from prism.chain import Chain, ChainError, Commitment, Metagraph, RateLimited
+from prism.chain import Chain, Commitment, Metagraph, RateLimited
 from prism.chain.commitments import parse_commitment
 from prism.errors import OperatorError, PrismError
 from prism.manifest import MANIFEST_FILENAME, RecipeMode
@@ -154,6 +154,8 @@ class LoopState:
     step: int = 0
     last_weights_block: int | None = None
     last_result_step: int = 0  # the step that last finished (or failed) a run
+    infra_streak: int = 0  # consecutive runs that failed on our side
+    evaluation_paused_until: float = 0.0  # time.monotonic() before which no run is claimed
     last_weights_step: int | None = None  # the step that last set weights, since start-up
     unreachable: dict[str, int] = field(default_factory=dict)  # hotkey -> block of last failed fetch
 
@@ -167,14 +169,14 @@ def sync(chain: Chain) -> ChainView:
     return ChainView(block=chain.block(), metagraph=metagraph, commitments=chain.commitments())
 
 
-def discover(view: ChainView, known: Callable[[str], bool], state: LoopState) -> list[Candidate]:
-    """Registered hotkeys whose latest commitment names a ZIP the store does not hold yet."""
+def discover(view: ChainView, known: Callable[[str, str], bool], state: LoopState) -> list[Candidate]:
+    """Registered hotkeys whose latest commitment the store has no verdict for yet."""
     by_hotkey = view.metagraph.by_hotkey()
     found: list[Candidate] = []
     for hotkey, commitment in sorted(view.commitments.items()):
         neuron = by_hotkey.get(hotkey)
         parsed = parse_commitment(commitment.data)
-        if neuron is None or not parsed.ok or known(parsed.sha256 or ""):
+        if neuron is None or not parsed.ok or known(hotkey, parsed.sha256 or ""):
             continue
         retry_after = state.unreachable.get(hotkey)
         if retry_after is not None and view.block < retry_after:
@@ -226,8 +228,8 @@ def planned_runs(submission: Any, profile: Profile) -> list[RunKey]:
     ]
 
 
-def _record_rejection(store: Store, candidate: Candidate, code: str, zip_path: Path | None = None) -> None:
-    """A submission that earns nothing: recorded with its code so it is never fetched again."""
+def _record_rejection(store: Store, candidate: Candidate, code: str, zip_path: Path) -> None:
+    """ZIP bytes intake refused: a verdict on the hash, for every hotkey that commits it."""
     store.upsert_submission(hotkey=candidate.hotkey, zip_sha256=candidate.sha256,
                             commit_block=candidate.commit_block, kind="full", uid=candidate.uid)  # fmt: skip
     store.record_intake(candidate.sha256, ok=False, codes=[code], zip_path=zip_path)
@@ -267,8 +269,10 @@ def intake(results: list[Any], candidates: list[Candidate], store: Store, profil
     for candidate, result in zip(candidates, results, strict=True):
         if not result.ok:
             if result.is_miner_fault:
-                counts["miner_fault"] += 1
-                _record_rejection(store, candidate, result.code or "net.fetch_failed")
+                counts["miner_fault"] += 1  # this hotkey served bad bytes; the hash itself is not judged
+                store.record_fetch_failure(hotkey=candidate.hotkey, zip_sha256=candidate.sha256,
+                                           commit_block=candidate.commit_block, uid=candidate.uid,
+                                           code=result.code or "net.fetch_failed")  # fmt: skip
             else:  # unreachable or not serving yet: try again a few blocks later, never penalized
                 counts["unreachable"] += 1
                 state.unreachable[candidate.hotkey] = block + UNREACHABLE_BACKOFF_BLOCKS
@@ -295,18 +299,26 @@ class EvaluationSettings:
 
 
 def evaluate_next(store: Store, settings: EvaluationSettings, evaluate: Callable[..., list[Any]],
-                  stop: threading.Event) -> dict[str, Any]:  # fmt: skip
-    """Claim one queued run, evaluate it in the sandbox and record the outcome. {} when idle."""
+                  in_flight: threading.Event) -> dict[str, Any]:  # fmt: skip
+    """Claim one queued run, evaluate it in the sandbox and record the outcome. {} when idle.
+
+    A miner fault (intake, or a failed manifest blaming the submission) is a result. Anything
+    else that goes wrong is ours: the run is retried up to ``max_attempts`` claims and the
+    outcome says ``infra`` so the loop backs off. A shutdown signal kills the sandbox and puts the
+    run back in the queue without using an attempt.
+    """
     from prism.submission import SubmissionError
 
     key = store.claim_next_run()
     if key is None:
         return {}
-    attempt = next(r.attempts for r in store.runs(key.zip_sha256) if r.key == key) - 1
-    logger.info("evaluating %s %s/%s seed %d (%s, attempt %d)", key.zip_sha256[:12], key.profile, key.regime,
-                key.seed, key.recipe_mode, attempt)  # fmt: skip
+    logger.info("evaluating %s %s/%s seed %d (%s)", key.zip_sha256[:12], key.profile, key.regime, key.seed,
+                key.recipe_mode)  # fmt: skip
     started = time.monotonic()
+    in_flight.set()
     try:
+        # attempt=0: the run directory is keyed by what is measured, so a manifest written before a
+        # crash is reused, and an infrastructure-failed one is recomputed in place.
         manifests = evaluate(
             store.blob_path(key.zip_sha256),
             profile=settings.profile,
@@ -316,24 +328,32 @@ def evaluate_next(store: Store, settings: EvaluationSettings, evaluate: Callable
             regimes=[key.regime],
             seeds=[key.seed],
             heldout_seed=settings.heldout_seed,
-            attempt=attempt,
+            attempt=0,
             progress=False,
         )
+        manifest = manifests[0]
+        path = settings.runs_dir / manifest.run_id / MANIFEST_FILENAME
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except KeyboardInterrupt:
+        store.release_run(key)
+        raise
     except SubmissionError as exc:
         store.fail_run(key, code=exc.code, fault="miner", message=exc.message, retry=False)
         return {"run": key.regime, "state": "failed", "code": exc.code}
-    except PrismError as exc:
-        state = store.fail_run(key, code=exc.code, fault="infrastructure", message=exc.message,
-                               retry=not stop.is_set() or True, max_attempts=settings.max_attempts)  # fmt: skip
-        return {"run": key.regime, "state": state, "code": exc.code}
-    manifest = manifests[0]
-    path = settings.runs_dir / manifest.run_id / MANIFEST_FILENAME
+    except Exception as exc:  # ours, whatever it is: never the miner's fault, never a crash loop
+        code = exc.code if isinstance(exc, PrismError) else "validator.evaluate_crashed"
+        logger.exception("evaluation of %s failed on our side", key.zip_sha256[:12])
+        state = store.fail_run(key, code=code, fault="infrastructure", message=str(exc), retry=True,
+                               max_attempts=settings.max_attempts)  # fmt: skip
+        return {"run": key.regime, "state": state, "code": code, "infra": True}
+    finally:
+        in_flight.clear()
     failure = manifest.status.failure
     if failure is not None and failure.fault == "infrastructure":
         state = store.fail_run(key, code=failure.code, fault="infrastructure", message=failure.message,
                                retry=True, max_attempts=settings.max_attempts)  # fmt: skip
-        return {"run": key.regime, "state": state, "code": failure.code}
-    store.finish_run(key, path, hashlib.sha256(path.read_bytes()).hexdigest())
+        return {"run": key.regime, "state": state, "code": failure.code, "infra": True}
+    store.finish_run(key, path, digest)
     if manifest.submission.family_id and manifest.submission.version_id:
         store.set_identity(key.zip_sha256, family_id=manifest.submission.family_id,
                            version_id=manifest.submission.version_id)  # fmt: skip
@@ -353,14 +373,11 @@ def score(store: Store, policy: ScoringPolicy, view: ChainView) -> WeightResult:
     return result
 
 
-def weights_due(view: ChainView, chain: Chain, hotkey: str, state: LoopState) -> bool:
-    """Once per tempo, and never inside the chain's weights rate limit."""
+def weights_due(chain: Chain, hotkey: str) -> bool:
+    """Once per tempo and never inside the weights rate limit, judged by the chain itself (so a
+    restart, a timed-out call that landed anyway, or a reused state directory cannot fool it)."""
     since = chain.blocks_since_last_update(hotkey)
-    if since is not None and since < max(chain.weights_rate_limit(), 1):
-        return False
-    if state.last_weights_block is None:
-        return True
-    return view.block - state.last_weights_block >= chain.tempo()
+    return since is None or since >= max(chain.tempo(), chain.weights_rate_limit(), 1)
 
 
 def set_weights(chain: Chain, wallet: Any, result: WeightResult, store: Store, view: ChainView,
@@ -397,6 +414,7 @@ class ValidatorParts:
     evaluate: Callable[..., list[Any]]
     dendrite_factory: Callable[[], Any]
     callbacks: list[StageCallback] = field(default_factory=list)
+    in_flight: threading.Event = field(default_factory=threading.Event)  # an evaluation is running
 
 
 def _emit(parts: ValidatorParts, stage: str, payload: dict[str, Any]) -> None:
@@ -409,30 +427,47 @@ def step(parts: ValidatorParts, state: LoopState, stop: threading.Event) -> Loop
     state.step += 1
     try:
         view = sync(parts.chain)
-    except ChainError as exc:
+    except PrismError as exc:
         logger.warning("chain sync failed (%s); retrying next step", exc)
         return state
-    known = {row["zip_sha256"] for row in parts.store.submissions() if row["intake_ok"] is not None}
-    candidates = discover(view, lambda sha: sha in known, state)
+    known = {
+        (row["hotkey"], row["zip_sha256"])
+        for row in parts.store.submissions()
+        if row["intake_ok"] is not None
+    }
+    candidates = discover(view, lambda hotkey, sha: (hotkey, sha) in known, state)
     copies = [c for c in candidates if parts.store.blob_path(c.sha256).exists()]
     fresh = [c for c in candidates if c not in copies]
     results = fetch(fresh, view, parts.dendrite_factory)
     _emit(parts, "fetch", intake(results, fresh, parts.store, parts.profile, state, view.block))
     _register_copies(copies, parts.store, parts.profile)
-    if not stop.is_set():
-        outcome = evaluate_next(parts.store, _settings(parts), parts.evaluate, stop)
+    if not stop.is_set() and time.monotonic() >= state.evaluation_paused_until:
+        outcome = evaluate_next(parts.store, _settings(parts), parts.evaluate, parts.in_flight)
         if outcome:
             state.last_result_step = state.step
+            _back_off_after_infrastructure_failures(state, bool(outcome.get("infra")))
         _emit(parts, "evaluate", outcome)
     result = score(parts.store, parts.policy, view)
     _emit(parts, "score", {"families": len(result.leaderboard.families), "scored_uids": len(result.weights)})
-    if weights_due(view, parts.chain, parts.hotkey, state):
-        try:
+    try:
+        if weights_due(parts.chain, parts.hotkey):
             _emit(parts, "weights", set_weights(parts.chain, parts.wallet, result, parts.store, view, state))
-        except ChainError as exc:
-            logger.warning("set_weights failed (%s); retrying next step", exc)
+    except PrismError as exc:  # a timeout, a refused extrinsic: try again next step
+        logger.warning("set_weights failed (%s); retrying next step", exc)
     write_status(parts.config.state_dir, _status(parts, view, state))
     return state
+
+
+def _back_off_after_infrastructure_failures(state: LoopState, infra: bool) -> None:
+    """Consecutive failures on our side (GPU gone, disk full) pause evaluation with exponential
+    backoff, so an outage does not burn every queued run's attempts in seconds."""
+    state.infra_streak = state.infra_streak + 1 if infra else 0
+    if infra:
+        delay = min(INFRA_BACKOFF_S * 2 ** (state.infra_streak - 1), INFRA_BACKOFF_MAX_S)
+        state.evaluation_paused_until = time.monotonic() + delay
+        logger.warning(
+            "infrastructure failure #%d in a row: pausing evaluation for %.0f s", state.infra_streak, delay
+        )
 
 
 def _register_copies(copies: list[Candidate], store: Store, profile: Profile) -> None:
@@ -540,7 +575,7 @@ def run(
     stop = stop or threading.Event()
     parts = parts or build_parts(config)
     reap_stale_sandboxes()  # sandboxes a killed predecessor left behind would hold CPU and memory
-    requeued = parts.store.requeue_interrupted()
+    requeued = parts.store.requeue_interrupted(max_attempts=config.max_attempts)
     last = parts.store.last_weights()
     state = LoopState(last_weights_block=last[0] if last else None)
     logger.info("validator %s on netuid %d, profile %s (%d runs re-queued)", parts.hotkey, config.netuid,
@@ -550,8 +585,11 @@ def run(
             state = step(parts, state, stop)
             if config.max_steps is not None and state.step >= config.max_steps:
                 break
-            if not any(run.state == "queued" for run in parts.store.runs()):
-                stop.wait(config.loop_interval_s)  # idle: poll the chain again later
+            runnable = time.monotonic() >= state.evaluation_paused_until
+            if not runnable or not any(run.state == "queued" for run in parts.store.runs()):
+                stop.wait(config.loop_interval_s)  # idle or backing off: poll the chain again later
+    except KeyboardInterrupt:
+        logger.info("stopped during an evaluation; its run is back in the queue")
     finally:
         for callback in parts.callbacks:
             close = getattr(callback, "close", None)
@@ -561,18 +599,23 @@ def run(
     return 0
 
 
+INFRA_BACKOFF_S = 30.0
+INFRA_BACKOFF_MAX_S = 900.0
 TRAINING_HOOKS = frozenset({"configure_optimizer", "compute_loss", "train_step", "inference_logits", "infer"})
 UNREACHABLE_BACKOFF_BLOCKS = 5
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM / SIGINT end the loop after the current stage; a second signal is immediate."""
+def install_stop_handlers(stop: threading.Event, in_flight: threading.Event) -> None:
+    """SIGTERM / SIGINT stop the loop. Between stages it ends after the current one; during an
+    evaluation the sandbox is killed at once and the run goes back to the queue (a training run
+    can take hours, longer than any service manager waits)."""
 
     def _handler(signum: int, _frame: object) -> None:
-        if stop.is_set():
+        already = stop.is_set()
+        stop.set()
+        if already or in_flight.is_set():
             raise KeyboardInterrupt
         logger.info("signal %d: stopping after the current stage", signum)
-        stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _handler)
@@ -614,14 +657,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
-    state_dir = Path(args.state_dir).expanduser()
+    state_dir = Path(args.state_dir).expanduser().resolve()  # manifests are stored by absolute path
     return ValidatorConfig(
         netuid=args.netuid,
         wallet=wallet_config(args),
         chain=chain_config(args),
         state_dir=state_dir,
         profile=args.profile,
-        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        data_dir=Path(args.data_dir).expanduser().resolve() if args.data_dir else None,
         heldout_seed=args.heldout_seed,
         waive_reasons=tuple(args.waive),
         max_attempts=args.max_attempts,
@@ -644,9 +687,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid flags: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    install_stop_handlers(stop)
     try:
-        return run(config, stop=stop)
+        parts = build_parts(config)
+        install_stop_handlers(stop, parts.in_flight)
+        return run(config, parts=parts, stop=stop)
     except PrismError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

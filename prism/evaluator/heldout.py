@@ -859,7 +859,11 @@ def run_heldout(
             deadline=started + float(limits.wall_s),
             spot_checks=spot_checks,
         )
-        outcome = session.run(windows, window_bytes, batch_size)
+        try:
+            outcome = session.run(windows, window_bytes, batch_size)
+        except BaseException:  # Ctrl-C / shutdown mid-protocol: do not leave the process behind
+            proc.kill()
+            raise
         if outcome.error is not None:
             _stop(proc, graceful=outcome.reported_error is not None)
         _close_quietly(proc.stdin)

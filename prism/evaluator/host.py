@@ -488,9 +488,13 @@ def _run_training(
     tail = _ProbeTail(plan.sandbox_out / PROBE_FILENAME)
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(proc.wait)
-        while not future.done():
-            _show_progress(tail, progress, task)
-            time.sleep(0.5)
+        try:
+            while not future.done():
+                _show_progress(tail, progress, task)
+                time.sleep(0.5)
+        except BaseException:  # Ctrl-C / shutdown: kill the sandbox now instead of waiting it out
+            proc.kill()
+            raise
         result = future.result()
     _show_progress(tail, progress, task)
     return result

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,11 +21,25 @@ import pytest
 
 from prism.chain.local import LocalChain, SubnetParams
 from prism.chain.wallets import create_wallet, hotkey_ss58
+from prism.errors import InfrastructureFault
 from prism.net.dendrite import FetchResult, FetchStatus
 from prism.profiles import load_profile
-from prism.store import Store
-from prism.submission import load_submission
-from prism.validator import Candidate, LoopState, intake, planned_runs
+from prism.store import RunKey, Store
+from prism.submission import SubmissionError, load_submission
+from prism.validator import (
+    INFRA_BACKOFF_S,
+    Candidate,
+    EvaluationSettings,
+    LoopState,
+    _back_off_after_infrastructure_failures,
+    admit,
+    build_arg_parser,
+    config_from_args,
+    evaluate_next,
+    intake,
+    planned_runs,
+    weights_due,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_PROFILE = Path(__file__).with_name("tiny_profile.yaml")
@@ -75,6 +90,126 @@ def test_intake_records_miner_faults_and_backs_off_unreachable(tmp_path: Path) -
         assert rows["hk-good"]["intake_ok"] == 1
         assert store.blob_path(good.zip_sha256).read_bytes() == good.zip_bytes
         assert [r.state for r in store.runs(good.zip_sha256)] == ["queued"]
+
+
+def _store_with_one_run(tmp_path: Path) -> tuple[Store, RunKey, EvaluationSettings]:
+    profile = load_profile(str(TINY_PROFILE))
+    good = load_submission(REPO / "examples" / "tiny")
+    store = Store.open(tmp_path / "v.sqlite3")
+    admit(
+        store, Candidate(hotkey="hk", uid=1, sha256=good.zip_sha256, commit_block=3), good.zip_bytes, profile
+    )
+    (key,) = [run.key for run in store.runs()]
+    settings = EvaluationSettings(profile=profile, data_dir=tmp_path, runs_dir=tmp_path / "runs",
+                                  heldout_seed=None, max_attempts=2)  # fmt: skip
+    return store, key, settings
+
+
+def _raising(exc: BaseException):
+    def evaluate(*_args, **_kwargs):
+        raise exc
+
+    return evaluate
+
+
+def test_our_failures_are_retried_then_failed_never_blamed_on_the_miner(tmp_path: Path) -> None:
+    store, key, settings = _store_with_one_run(tmp_path)
+    flag = threading.Event()
+    with store:
+        first = evaluate_next(store, settings, _raising(OSError("disk full")), flag)
+        assert first["infra"] and first["state"] == "queued" and first["code"] == "validator.evaluate_crashed"
+        second = evaluate_next(
+            store, settings, _raising(InfrastructureFault("gpu lost", code="infra.gpu")), flag
+        )
+        assert second == {"run": key.regime, "state": "failed", "code": "infra.gpu", "infra": True}
+        (row,) = store.runs()
+        assert (row.state, row.failure_fault, row.attempts) == ("failed", "infrastructure", 2)
+        assert not flag.is_set()
+
+
+def test_a_submission_error_is_the_miners_fault_and_not_retried(tmp_path: Path) -> None:
+    store, _key, settings = _store_with_one_run(tmp_path)
+    with store:
+        out = evaluate_next(store, settings, _raising(SubmissionError("bad", code="static.forbidden_import")),
+                            threading.Event())  # fmt: skip
+        assert out["state"] == "failed" and "infra" not in out
+        (row,) = store.runs()
+        assert (row.state, row.failure_fault) == ("failed", "miner")
+
+
+def test_shutdown_during_an_evaluation_requeues_without_using_an_attempt(tmp_path: Path) -> None:
+    store, _key, settings = _store_with_one_run(tmp_path)
+    with store:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_next(store, settings, _raising(KeyboardInterrupt()), threading.Event())
+        (row,) = store.runs()
+        assert (row.state, row.attempts) == ("queued", 0)
+
+
+def test_a_run_that_kills_its_validator_every_time_stops_blocking_the_queue(tmp_path: Path) -> None:
+    store, key, _ = _store_with_one_run(tmp_path)
+    with store:
+        for expected in (1, 1, 0):  # claimed and "crashed" (left running) three times
+            assert store.claim_next_run() == key
+            assert store.requeue_interrupted(max_attempts=3) == expected
+        (row,) = store.runs()
+        assert (row.state, row.failure_code, row.attempts) == ("failed", "validator.interrupted", 3)
+
+
+def test_infrastructure_failures_back_off_exponentially() -> None:
+    state = LoopState()
+    _back_off_after_infrastructure_failures(state, True)
+    first = state.evaluation_paused_until - time.monotonic()
+    _back_off_after_infrastructure_failures(state, True)
+    second = state.evaluation_paused_until - time.monotonic()
+    assert 25 < first <= INFRA_BACKOFF_S and 2 * INFRA_BACKOFF_S - 5 < second <= 2 * INFRA_BACKOFF_S
+    _back_off_after_infrastructure_failures(state, False)
+    assert state.infra_streak == 0
+
+
+def test_weights_follow_the_chains_tempo_and_rate_limit(tmp_path: Path) -> None:
+    now = [1000.0]
+    chain = LocalChain.create(tmp_path / "c.sqlite3", SubnetParams(netuid=NETUID, tempo=5, weights_rate_limit=2,
+                              commitment_rate_limit=1), block_time_s=1.0, clock=lambda: now[0])  # fmt: skip
+    wallet = create_wallet("val", "default", tmp_path / "w")
+    miner = create_wallet("miner", "default", tmp_path / "w")
+    chain.register_wallet(wallet, stake=10.0, validator_permit=True)
+    uid = chain.register_wallet(miner, stake=1.0)
+    hotkey = hotkey_ss58(wallet)
+    assert weights_due(chain, hotkey)  # never set: due now
+    chain.set_weights(wallet, {uid: 1.0}, 1)
+    now[0] += 4  # 4 blocks later: inside the tempo
+    assert not weights_due(chain, hotkey)
+    now[0] += 1  # a full tempo since the last set
+    assert weights_due(chain, hotkey)
+
+
+def test_a_hotkey_serving_bad_bytes_does_not_taint_the_honest_committer(tmp_path: Path) -> None:
+    profile = load_profile(str(TINY_PROFILE))
+    good = load_submission(REPO / "examples" / "tiny")
+    honest = Candidate(hotkey="hk-honest", uid=1, sha256=good.zip_sha256, commit_block=10)
+    copier = Candidate(hotkey="hk-copier", uid=2, sha256=good.zip_sha256, commit_block=12)
+    results = [
+        FetchResult(hotkey="hk-honest", uid=1, status=FetchStatus.OK, expected_sha256=good.zip_sha256,
+                    data=good.zip_bytes, sha256=good.zip_sha256),
+        FetchResult(hotkey="hk-copier", uid=2, status=FetchStatus.HASH_MISMATCH, expected_sha256=good.zip_sha256,
+                    code="net.hash_mismatch", fault="miner", retryable=False),
+    ]  # fmt: skip
+    with Store.open(tmp_path / "v.sqlite3") as store:
+        intake(results, [honest, copier], store, profile, LoopState(), block=20)
+        rows = {row["hotkey"]: row for row in store.submissions()}
+        assert rows["hk-honest"]["intake_ok"] == 1
+        assert rows["hk-copier"]["intake_ok"] == 0
+
+
+def test_relative_paths_in_flags_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = build_arg_parser().parse_args(["--netuid", "1", "--neuron.state_dir", "state", "--chain", "local",
+                                          "--chain.path", "chain.sqlite3", "--data", "shards"])  # fmt: skip
+    config = config_from_args(args)
+    assert config.state_dir == tmp_path / "state"
+    assert config.chain.path == tmp_path / "chain.sqlite3"
+    assert config.data_dir == tmp_path / "shards"
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,9 +273,8 @@ def _finished(state_dir: Path, submissions: int) -> bool:
     status = _status(state_dir)
     if not status or status["submissions"] < submissions or status["pending_runs"]:
         return False
-    states = _run_states(state_dir)
-    # weights set after the last run finished: the status is written at the end of each step
-    return bool(states) and status["last_weights_block"] is not None and bool(status["last_weights"])
+    # weights set after the last run finished, so they reflect every result
+    return status["weights_current"] and bool(status["last_weights"])
 
 
 @pytest.mark.slow
