@@ -17,6 +17,8 @@ from prism.profiles import Profile
 
 PoolPolicy = Literal["winner_take_all", "top_k_linear"]
 UnclaimedRule = Literal["redistribute", "burn"]
+ComparisonMode = Literal["unpaired", "paired"]
+TrainingDedup = Literal["family", "global"]
 
 
 class _Frozen(BaseModel):
@@ -24,7 +26,8 @@ class _Frozen(BaseModel):
 
 
 class CompetitionRules(_Frozen):
-    """Profile-independent rules. Defaults are rules version 1 (see docs/scoring.md)."""
+    """Profile-independent rules. Defaults are rules version 1 (see docs/scoring.md); a field
+    added later defaults to the value that reproduces version 1, so version 1 never changes."""
 
     version: int = Field(default=1, ge=1)
     architecture_pool: float = Field(default=0.6, ge=0.0, le=1.0)
@@ -45,6 +48,16 @@ class CompetitionRules(_Frozen):
     training_rel_min_delta: float = Field(default=0.002, ge=0.0)
     unclaimed_rule: UnclaimedRule = "redistribute"
     burn_uid: int = Field(default=0, ge=0)
+    # Share of a family's architecture reward its owner keeps while another hotkey's version is
+    # canonical; the submitter of the canonical version gets the rest (1.0: the owner keeps all).
+    owner_share: float = Field(default=1.0, ge=0.0, le=1.0)
+    # "unpaired": each side's own cell means; "paired": a contrast on the challenger's windows,
+    # pending (incumbent stays) until measured. See prism.scoring.paired.
+    comparison: ComparisonMode = "unpaired"
+    # Lead and canonical changes also need gain > architecture_z * stderr of the difference.
+    architecture_z: float = Field(default=0.0, ge=0.0)
+    # Training recipes are copies when a fingerprint was seen earlier in the family or anywhere.
+    training_dedup: TrainingDedup = "family"
 
     @model_validator(mode="after")
     def _pools_sum_to_one(self) -> CompetitionRules:
@@ -74,8 +87,21 @@ class ScoringPolicy(CompetitionRules):
         return tuple((r, s) for r in sorted(self.required_regimes) for s in sorted(self.required_seeds))
 
 
-#: (activation block, rules). Append new versions; never edit an activated one.
-RULES_SCHEDULE: tuple[tuple[int, CompetitionRules], ...] = ((0, CompetitionRules(version=1)),)
+#: Version 1: the owner keeps the whole architecture reward, unpaired means, recipe dedup per family.
+RULES_V1 = CompetitionRules(version=1)
+
+#: Version 2 (issue 10, "pay progress"): in-family improvers share the reward, every contest is
+#: paired on the challenger's windows with a z * stderr floor, recipes are deduplicated globally.
+RULES_V2 = CompetitionRules(
+    version=2, owner_share=0.5, comparison="paired", architecture_z=2.0, training_dedup="global"
+)
+RULES_V2_ACTIVATION_BLOCK = 1
+
+#: (activation block, rules), ascending. Append new versions; never edit an activated one.
+RULES_SCHEDULE: tuple[tuple[int, CompetitionRules], ...] = (
+    (0, RULES_V1),
+    (RULES_V2_ACTIVATION_BLOCK, RULES_V2),
+)
 
 
 def rules_at_block(block: int) -> CompetitionRules:

@@ -143,6 +143,21 @@ SCORING_REASONS: dict[str, ReasonSpec] = _table(
     ReasonSpec(
         code="owner.deregistered", fault="policy", description="winner's hotkey is not in the metagraph"
     ),
+    ReasonSpec(
+        code="comparison.pending",
+        fault="validator",
+        description="the paired held-out measurement this contest needs is not made yet; the incumbent stays",
+    ),
+    ReasonSpec(
+        code="version.below_margin",
+        fault="policy",
+        description="a later version did not beat the canonical version by the version margin",
+    ),
+    ReasonSpec(
+        code="version.superseded",
+        fault="policy",
+        description="was the canonical version; a better version of the family replaced it",
+    ),
 )
 
 ALL_REASONS: dict[str, ReasonSpec] = {**ELIGIBILITY_REASONS, **SCORING_REASONS}

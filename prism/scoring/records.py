@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism.manifest import RunManifest
+from prism.scoring.paired import PairedMeasurement
 
 SubmissionKind = Literal["full", "architecture_only", "training_for_arch"]
 
@@ -17,6 +18,12 @@ class SubmissionRecord(BaseModel):
     ``family_id``/``version_id`` are the identities measured from the running model (the store
     fills them from the manifests); ``runs`` are every manifest written for this ZIP under any
     profile (scoring keeps those of the policy's profile).
+
+    ``training_fingerprint`` is intake's code hash of the training files (exact up to line-end
+    whitespace); ``recipe_fingerprint`` is intake's *normalised* one (independent of file names,
+    comments, docstrings, formatting and local names; None until intake supplies it). ``paired``
+    holds the measurements made on this submission's held-out windows, where it challenged an
+    incumbent (empty until the validator makes them). Rules that do not use a field ignore it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -29,8 +36,10 @@ class SubmissionRecord(BaseModel):
     family_id: str | None = None
     version_id: str | None = None
     training_fingerprint: str | None = None
+    recipe_fingerprint: str | None = None
     intake_ok: bool = True
     runs: tuple[RunManifest, ...] = ()
+    paired: tuple[PairedMeasurement, ...] = ()
 
     @property
     def order_key(self) -> tuple[int, str, str]:

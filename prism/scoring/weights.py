@@ -1,6 +1,8 @@
 """Pools -> recipients -> uids -> a normalized weight vector.
 
-The architecture pool pays the owner(s) of the leading famil(y/ies); the training pool pays the
+The architecture pool pays the leading famil(y/ies): a family's share goes to its owner, and,
+under rules with ``owner_share < 1``, is split with the submitter of its canonical version when
+that is another hotkey (owner ``owner_share``, improver the rest). The training pool pays the
 best variant(s) of the leading family, or of the highest-ranked family that has a qualifying
 variant when the leader has none. A recipient whose hotkey is not in the current metagraph
 (deregistered) leaves its share unclaimed, as does a pool with nobody to pay. Unclaimed share
@@ -16,20 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from prism.scoring.competition import (
-    FamilyEntry,
-    OwnershipEvent,
-    Standings,
-    SubmissionVerdict,
-    VariantEntry,
-    VersionEntry,
-    run_competitions,
-)
+from prism.scoring.comparison import Comparison
+from prism.scoring.competition import run_competitions
+from prism.scoring.paired import EvalRequest
 from prism.scoring.policy import ScoringPolicy
 from prism.scoring.records import SubmissionRecord
+from prism.scoring.standings import FamilyEntry, OwnershipEvent, Standings, VariantEntry, VersionEntry
+from prism.scoring.submissions import SubmissionVerdict
+
+PayoutRole = Literal["owner", "improver", "variant"]
 
 #: Shares below this are float noise from 1 - sum(pools), not unclaimed weight.
 _EPSILON = 1e-12
@@ -47,6 +48,7 @@ class Payout(_Frozen):
     zip_sha256: str
     uid: int | None
     share: float
+    role: PayoutRole = "owner"
 
 
 class Leaderboard(_Frozen):
@@ -60,6 +62,7 @@ class Leaderboard(_Frozen):
     submissions: tuple[SubmissionVerdict, ...]
     payouts: tuple[Payout, ...]
     unclaimed_share: float
+    comparisons: tuple[Comparison, ...] = ()
 
 
 class WeightResult(_Frozen):
@@ -71,6 +74,12 @@ class WeightResult(_Frozen):
     def reasons(self) -> dict[tuple[str, str], tuple[str, ...]]:
         """(hotkey, zip_sha256) -> why that submission earns nothing (empty if it scored)."""
         return {(s.hotkey, s.zip_sha256): s.reasons for s in self.leaderboard.submissions}
+
+    @property
+    def eval_requests(self) -> tuple[EvalRequest, ...]:
+        """Paired held-out evaluations pending comparisons wait for (each once, sorted)."""
+        requests = {r for c in self.leaderboard.comparisons for r in c.requests}
+        return tuple(sorted(requests, key=lambda r: tuple(str(v) for v in r.model_dump().values())))
 
 
 def _linear_shares(count: int, top_k: int) -> list[float]:
@@ -107,23 +116,40 @@ def _training_ranking(standings: Standings) -> list[VariantEntry]:
     return []
 
 
-def _pool_payouts(
-    pool: str,
-    amount: float,
-    recipients: list[tuple[str, str]],
-    policy: ScoringPolicy,
-    hotkey_to_uid: Mapping[str, int],
-) -> list[Payout]:
-    if not recipients or amount <= 0.0:
+def _rank_shares(count: int, policy: ScoringPolicy) -> list[float]:
+    if count == 0:
         return []
-    if policy.pool_policy == "winner_take_all":
-        shares = [1.0]
-    else:
-        shares = _linear_shares(len(recipients), policy.top_k)
+    return [1.0] if policy.pool_policy == "winner_take_all" else _linear_shares(count, policy.top_k)
+
+
+def _architecture_payouts(
+    ranking: list[FamilyEntry], policy: ScoringPolicy, hotkey_to_uid: Mapping[str, int]
+) -> list[Payout]:
+    """Each paid family's share: owner ``owner_share``, the canonical version's submitter the
+    rest when that is another hotkey; the owner keeps all of it otherwise."""
+    payouts = []
+    for family, share in zip(ranking, _rank_shares(len(ranking), policy), strict=False):
+        amount = policy.architecture_pool * share
+        improver = family.canonical_hotkey
+        split = improver is not None and improver != family.owner_hotkey and policy.owner_share < 1.0
+        owner_amount = amount * policy.owner_share if split else amount
+        payouts.append(Payout(pool="architecture", hotkey=family.owner_hotkey, zip_sha256=family.owner_zip_sha256,
+                              uid=hotkey_to_uid.get(family.owner_hotkey), share=owner_amount, role="owner"))  # fmt: skip
+        if split and improver is not None:
+            payouts.append(Payout(pool="architecture", hotkey=improver, zip_sha256=family.canonical_zip_sha256 or "",
+                                  uid=hotkey_to_uid.get(improver), share=amount - owner_amount, role="improver"))  # fmt: skip
+    return [p for p in payouts if p.share > 0.0]
+
+
+def _training_payouts(
+    ranking: list[VariantEntry], policy: ScoringPolicy, hotkey_to_uid: Mapping[str, int]
+) -> list[Payout]:
     return [
-        Payout(pool=pool, hotkey=hotkey, zip_sha256=sha, uid=hotkey_to_uid.get(hotkey), share=amount * share)
-        for (hotkey, sha), share in zip(recipients, shares, strict=False)
-    ]
+        Payout(pool="training", hotkey=v.hotkey, zip_sha256=v.zip_sha256, uid=hotkey_to_uid.get(v.hotkey),
+               share=policy.training_pool * share, role="variant")
+        for v, share in zip(ranking, _rank_shares(len(ranking), policy), strict=False)
+        if policy.training_pool > 0.0
+    ]  # fmt: skip
 
 
 def _normalize(payouts: list[Payout], unclaimed: float, policy: ScoringPolicy) -> dict[int, float]:
@@ -148,10 +174,8 @@ def compute_weights(
 ) -> WeightResult:
     """Scores, ownership and the normalized weight vector; a pure function of its arguments."""
     standings = run_competitions(records, policy)
-    arch = [(f.owner_hotkey, f.owner_zip_sha256) for f in _architecture_ranking(standings)]
-    train = [(v.hotkey, v.zip_sha256) for v in _training_ranking(standings)]
-    payouts = _pool_payouts("architecture", policy.architecture_pool, arch, policy, hotkey_to_uid)
-    payouts += _pool_payouts("training", policy.training_pool, train, policy, hotkey_to_uid)
+    payouts = _architecture_payouts(_architecture_ranking(standings), policy, hotkey_to_uid)
+    payouts += _training_payouts(_training_ranking(standings), policy, hotkey_to_uid)
     claimed = math.fsum(p.share for p in payouts if p.uid is not None)
     unclaimed = max(0.0, 1.0 - claimed)
     unclaimed = unclaimed if unclaimed > _EPSILON else 0.0
@@ -167,6 +191,7 @@ def compute_weights(
         submissions=submissions,
         payouts=tuple(payouts),
         unclaimed_share=unclaimed,
+        comparisons=standings.comparisons,
     )
     return WeightResult(
         weights=_normalize(payouts, unclaimed, policy), leaderboard=leaderboard, events=standings.events

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 from prism.manifest import RunManifest
+from prism.scoring import ModelEval, PairedCell, PairedMeasurement
 
 PROFILE = "test_proxy"
 PROFILE_VERSION = 1
@@ -35,6 +37,8 @@ def make_manifest(
     reasons: tuple[str, ...] = (),
     failure: tuple[str, str] | None = None,
     run_id: str | None = None,
+    recipe: dict[str, Any] | None = None,
+    hooks: dict[str, bool] | None = None,
     **metrics: Any,
 ) -> RunManifest:
     """One manifest with every field a real evaluator writes; ``metrics`` override metric fields."""
@@ -97,6 +101,10 @@ def make_manifest(
         "validation": {"score_eligible": not reasons, "reasons": list(reasons)},
         "status": status,
     }
+    if recipe is not None:
+        data["recipe"] = {"declared": recipe, "effective": recipe}
+    if hooks is not None:
+        data["hooks"] = {name: {"present": present, "used": present} for name, present in hooks.items()}
     return RunManifest.model_validate(data)
 
 
@@ -113,3 +121,48 @@ def full_grid(
 def grid(small: tuple[float, float], large: tuple[float, float]) -> dict[tuple[str, int], float]:
     """(small seed0, small seed1), (large seed0, large seed1) -> the values dict of full_grid."""
     return {("small", 0): small[0], ("small", 1): small[1], ("large", 0): large[0], ("large", 1): large[1]}
+
+
+def default_run_id(zip_label: str, mode: str, regime: str, seed: int) -> str:
+    """The run_id ``make_manifest`` gives by default."""
+    return f"{zip_label}-{mode}-{regime}-{seed}"
+
+
+def paired(
+    challenger: str,
+    mode: str,
+    models: dict[tuple[str, str], dict[tuple[str, int], float]],
+    *,
+    spread: float = 0.001,
+    window_bytes: int = 1000,
+    profile_key: str = f"{PROFILE}@{PROFILE_VERSION}",
+) -> PairedMeasurement:
+    """Models ``(label, mode) -> cell -> bpb`` measured on two windows of the challenger's runs.
+
+    Each model's cell bpb is exact; per window the challenger sits ``spread/2`` below and above
+    its mean and every other model the opposite way, so an incumbent-minus-challenger difference
+    ``d`` reads ``d + spread`` and ``d - spread`` on the two windows (window stderr per cell:
+    ``spread``).
+    """
+    cells = []
+    for regime, seed in sorted(next(iter(models.values()))):
+        evals = []
+        for (label, model_mode), values in sorted(models.items()):
+            sign = -1.0 if (label, model_mode) == (challenger, mode) else 1.0
+            offsets = (sign * spread / 2, -sign * spread / 2)
+            nats = tuple((values[(regime, seed)] + o) * math.log(2) * window_bytes for o in offsets)
+            evals.append(
+                ModelEval(
+                    zip_sha256=sha(label), recipe_mode=model_mode, run_id=default_run_id(label, model_mode, regime, seed),
+                    nats=nats,
+                )
+            )  # fmt: skip
+        cells.append(
+            PairedCell(
+                regime=regime, seed=seed, run_id=default_run_id(challenger, mode, regime, seed),
+                window_bytes=(window_bytes, window_bytes), evals=tuple(evals),
+            )
+        )  # fmt: skip
+    return PairedMeasurement(
+        profile_key=profile_key, zip_sha256=sha(challenger), recipe_mode=mode, cells=tuple(cells)
+    )

@@ -490,7 +490,8 @@ def test_policy_for_profile_reads_regimes_seeds_and_gates() -> None:
     assert built.smuggle_factor == profile.gates.smuggle_factor
     assert built.max_train_heldout_gap_bpb == profile.gates.max_train_heldout_gap_bpb
     assert (built.architecture_pool, built.training_pool, built.top_k) == (0.6, 0.4, 5)
-    assert built.version == rules_at_block(10**9).version == 1
+    assert built.version == rules_at_block(0).version == 1  # policy_for_profile defaults to block 0
+    assert policy_for_profile(profile, block=10**9).version == rules_at_block(10**9).version == 2
     with pytest.raises(ValueError):
         policy_for_profile(profile, architecture_pool=0.9)
     with pytest.raises(ValueError):

@@ -8,9 +8,9 @@ import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prism_test_manifests import PROFILE, PROFILE_VERSION, REGIMES, SEEDS, full_grid, grid, sha
+from prism_test_manifests import PROFILE, PROFILE_VERSION, REGIMES, SEEDS, full_grid, grid, paired, sha
 
-from prism.scoring import ScoringPolicy, SubmissionRecord, compute_weights
+from prism.scoring import RULES_V2, ScoringPolicy, SubmissionRecord, compute_weights
 
 BLOCKER = """
 import importlib.abc, json, sys
@@ -118,3 +118,90 @@ def test_duplicate_records_are_merged_whatever_their_order() -> None:
         result = compute_weights([*ordered, *RECORDS[1:]], POLICY, UIDS, block=100)
         assert result.weights == REFERENCE.weights
         assert result.leaderboard == REFERENCE.leaderboard
+
+
+# --- the same under rules v2, with paired measurements ------------------------------------------
+
+V2 = ScoringPolicy(
+    **RULES_V2.model_dump(),
+    profile=PROFILE,
+    profile_version=PROFILE_VERSION,
+    required_regimes=REGIMES,
+    required_seeds=SEEDS,
+)
+LABELS = {r.zip_sha256: label for label in "abcdefgi" for r in RECORDS if r.zip_sha256 == sha(label)}
+
+
+def _cells(record: SubmissionRecord, mode: str) -> dict[tuple[str, int], float]:
+    return {
+        (m.regime.name, m.seed): m.metrics.heldout_bpb or 0.0 for m in record.runs if m.recipe_mode == mode
+    }
+
+
+def _jitter(challenger: str, model: str) -> float:
+    """A deterministic per-pair shift: paired numbers differ from each side's own means."""
+    return (int(sha(challenger + model)[:4], 16) % 7 - 3) * 0.0007
+
+
+def _with_measurements(records: list[SubmissionRecord]) -> list[SubmissionRecord]:
+    """Every other model measured on the windows of most records; a few stay unmeasured."""
+    out = []
+    for index, record in enumerate(records):
+        label = LABELS[record.zip_sha256]
+        measurements = []
+        for mode in ("reference", "submitted"):
+            if index % 4 == 3 or not _cells(record, mode):
+                continue
+            models = {
+                (LABELS[other.zip_sha256], other_mode): {
+                    cell: bpb + (0.0 if other is record else _jitter(label, LABELS[other.zip_sha256]))
+                    for cell, bpb in _cells(other, other_mode).items()
+                }
+                for other in records
+                for other_mode in ("reference", "submitted")
+                if _cells(other, other_mode)
+            }
+            measurements.append(paired(label, mode, models))
+        out.append(record.model_copy(update={"paired": tuple(measurements)}))
+    return out
+
+
+V2_RECORDS = _with_measurements(RECORDS)
+V2_REFERENCE = compute_weights(V2_RECORDS, V2, UIDS, block=100)
+V2_LINEAR = V2.model_copy(update={"pool_policy": "top_k_linear", "unclaimed_rule": "burn", "top_k": 4})
+V2_LINEAR_REFERENCE = compute_weights(V2_RECORDS, V2_LINEAR, LINEAR_UIDS, block=100)
+
+
+def test_v2_population_is_non_trivial() -> None:
+    board = V2_REFERENCE.leaderboard
+    states = {c.state for c in board.comparisons}
+    assert states == {"decided", "pending"} and V2_REFERENCE.eval_requests
+    assert any(c.paired and c.challenger_wins for c in board.comparisons)
+    assert any(p.role == "improver" for p in V2_LINEAR_REFERENCE.leaderboard.payouts)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(range(len(V2_RECORDS))), st.randoms(use_true_random=False))
+def test_v2_permuting_records_runs_and_measurements_gives_identical_results(order: list[int], rnd) -> None:
+    shuffled = []
+    for index in order:
+        record = V2_RECORDS[index]
+        runs = list(record.runs)
+        rnd.shuffle(runs)
+        measurements = []
+        for m in record.paired:
+            cells = [
+                c.model_copy(update={"evals": tuple(rnd.sample(c.evals, len(c.evals)))}) for c in m.cells
+            ]
+            rnd.shuffle(cells)
+            measurements.append(m.model_copy(update={"cells": tuple(cells)}))
+        rnd.shuffle(measurements)
+        shuffled.append(record.model_copy(update={"runs": tuple(runs), "paired": tuple(measurements)}))
+    result = compute_weights(shuffled, V2, UIDS, block=100)
+    assert result.weights == V2_REFERENCE.weights
+    assert result.leaderboard == V2_REFERENCE.leaderboard
+    assert result.events == V2_REFERENCE.events
+    assert result.eval_requests == V2_REFERENCE.eval_requests
+    linear = compute_weights(shuffled, V2_LINEAR, LINEAR_UIDS, block=100)
+    assert linear.weights == V2_LINEAR_REFERENCE.weights
+    assert linear.leaderboard == V2_LINEAR_REFERENCE.leaderboard
