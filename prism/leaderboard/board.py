@@ -42,13 +42,20 @@ class Board:
 
     def __init__(self, reader: StoreReader) -> None:
         self.reader = reader
-        self._manifests: dict[tuple[str, str], RunManifest] = {}
+        self._manifests: dict[tuple[str, str, int, int], RunManifest] = {}
         self._bundles: dict[tuple[str, str, str], tuple[bytes, FamilyCode]] = {}
 
     # --- manifests and bundles ------------------------------------------------------------------
 
     def manifest(self, entry: RunEntry) -> RunManifest:
-        key = (str(entry.manifest_path), entry.manifest_sha256)
+        """Parsed once per file version: a file touched since (size or mtime) is read and re-hashed."""
+        try:
+            stat = entry.manifest_path.stat()
+        except OSError as exc:
+            raise InfrastructureFault(
+                f"manifest of {entry.run_id} is gone: {exc}", code="serve.file_missing"
+            ) from exc
+        key = (str(entry.manifest_path), entry.manifest_sha256, stat.st_mtime_ns, stat.st_size)
         if key not in self._manifests:
             self._manifests[key] = self.reader.manifest(entry)
         return self._manifests[key]

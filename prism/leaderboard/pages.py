@@ -34,7 +34,7 @@ tr.leader td { background: #fff8dc; } code, .mono { font-family: ui-monospace, m
 a { color: #1259a5; } img.curve { max-width: 720px; width: 100%; background: #fff; }
 pre { background: #fff; padding: 10px; overflow-x: auto; max-height: 480px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 3px 14px; }
-dt { font-weight: 600; }
+dt { font-weight: 600; } .scroll { overflow-x: auto; }
 """
 
 
@@ -51,6 +51,14 @@ def _short(value: str | None) -> str:
     if value is None:
         return "-"
     return f'<span class="mono" title="{e(value)}">{e(value[:SHORT])}</span>'
+
+
+def _hotkey(value: str | None) -> str:
+    """Hotkeys are 48 characters: shortened in tables, the whole value in the tooltip."""
+    if value is None:
+        return "-"
+    text = value if len(value) <= SHORT + 4 else value[:SHORT] + "…"
+    return f'<span class="mono" title="{e(value)}">{e(text)}</span>'
 
 
 def _link(href: str, text: str, *, raw_text: bool = False) -> str:
@@ -76,7 +84,10 @@ def _table(
         body.append(f"<tr{attributes}>" + "".join(cells) + "</tr>")
     if not body:
         body.append(f'<tr><td colspan="{len(headers)}" class="muted">none yet</td></tr>')
-    return f'<table id="{e(table_id)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<div class="scroll"><table id="{e(table_id)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _td(html_text: str, *, num: bool = False) -> str:
@@ -128,12 +139,13 @@ def families_table(families: Sequence[Mapping[str, Any]]) -> str:
         cells = [
             _td(e(f["rank"]), num=True), _td(_link(family_href(f["family_id"]), e(f["family_id"]), raw_text=True)
                                              + leader),
-            _td(f'<span class="mono">{e(f["owner_hotkey"])}</span>'), _td(_short(f["canonical_version_id"])),
+            _td(_hotkey(f["owner_hotkey"])), _td(_short(f["canonical_version_id"])),
             _td(_num(f["heldout_bpb"]), num=True), _td(_num(f["heldout_bpb_stderr"]), num=True),
             _td(_num(f["compute_ratio"], 2), num=True), _td(_num(f["probe_bpb"]), num=True),
             _td(e(f["runs"]), num=True), _td(e(f["founded_block"]), num=True), _td(download),
         ]  # fmt: skip
-        attrs = {"data-family-id": f["family_id"], "class": "leader" if f["leader"] else "family"}
+        attrs = {"data-family-id": f["family_id"], "data-owner": f["owner_hotkey"],
+                 "class": "leader" if f["leader"] else "family"}  # fmt: skip
         rows.append((attrs, cells))
     return _table("families", headers, rows)
 
@@ -145,7 +157,7 @@ def variants_table(variants: Sequence[Mapping[str, Any]]) -> str:
     for v in variants:
         cells = [
             _td(_link(family_href(v["family_id"]), e(v["family_id"]), raw_text=True)),
-            _td(f'<span class="mono">{e(v["hotkey"])}</span>'), _td(_short(v["version_id"])),
+            _td(_hotkey(v["hotkey"])), _td(_short(v["version_id"])),
             _td(_num(v["baseline_bpb"]), num=True), _td(_num(v["variant_bpb"]), num=True),
             _td(_num(v["improvement_bpb"]), num=True), _td(_num(v["improvement_stderr_bpb"]), num=True),
             _td(_num(v["margin_bpb"]), num=True), _td("yes" if v["qualifies"] else "no"),
@@ -159,8 +171,7 @@ def weights_table(history: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for ws in history:
         shares = "; ".join(
-            f'uid {e(w["uid"])} <span class="mono">{e((w["hotkey"] or "?")[:SHORT])}</span> {w["weight"]:.4f}'
-            for w in ws["weights"]
+            f"uid {e(w['uid'])} {_hotkey(w['hotkey'])} {w['weight']:.4f}" for w in ws["weights"]
         )
         cells = [_td(e(ws["block"]), num=True), _td(e(ws["profile_key"] or "-")), _td(shares or "-")]
         rows.append(({"data-block": str(ws["block"])}, cells))
@@ -200,7 +211,7 @@ def versions_table(versions: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for v in versions:
         cells = [
-            _td(_short(v["version_id"])), _td(f'<span class="mono">{e(v["hotkey"])}</span>'),
+            _td(_short(v["version_id"])), _td(_hotkey(v["hotkey"])),
             _td(_short(v["zip_sha256"])), _td(e(v["commit_block"]), num=True),
             _td(_num(v["heldout_bpb"]), num=True), _td(_num(v["probe_bpb"]), num=True),
             _td('<span class="tag">canonical</span>' if v["canonical"] else ""),
