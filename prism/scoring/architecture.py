@@ -9,6 +9,7 @@ the canonical version shares the family's reward (prism.scoring.weights).
 
 from __future__ import annotations
 
+from prism.manifest import RecipeMode
 from prism.scoring.comparison import (
     Comparison,
     ComparisonKind,
@@ -57,7 +58,7 @@ def event(kind: EventKind, sub: Sub, family_id: str) -> OwnershipEvent:
     )
 
 
-def side(sub: Sub, mode: str = "reference") -> Side:
+def side(sub: Sub, mode: RecipeMode = "reference") -> Side:
     return Side(hotkey=sub.record.hotkey, zip_sha256=sub.record.zip_sha256, recipe_mode=mode)
 
 

@@ -502,3 +502,21 @@ def test_every_reason_code_used_in_results_is_documented() -> None:
     result = compute_weights(worked_example(), policy(), UIDS, 200)
     used = {r for s in result.leaderboard.submissions for r in s.reasons}
     assert used <= set(ALL_REASONS)
+
+
+def test_rules_schedule_is_ascending_and_version_1_never_changes() -> None:
+    from prism.scoring import RULES_SCHEDULE, RULES_V1, RULES_V2
+
+    blocks = [block for block, _ in RULES_SCHEDULE]
+    versions = [rules.version for _, rules in RULES_SCHEDULE]
+    assert blocks == sorted(set(blocks)) and versions == list(range(1, len(versions) + 1))
+    assert RULES_V1.model_dump() == {
+        "version": 1, "architecture_pool": 0.6, "training_pool": 0.4, "pool_policy": "winner_take_all",
+        "top_k": 3, "family_margin_bpb": 0.005, "family_margin_rel": 0.005, "version_margin_bpb": 0.002,
+        "version_margin_rel": 0.002, "tie_tolerance_bpb": 0.0005, "training_z": 2.0,
+        "training_abs_min_delta_bpb": 0.002, "training_rel_min_delta": 0.002, "unclaimed_rule": "redistribute",
+        "burn_uid": 0, "owner_share": 1.0, "comparison": "unpaired", "architecture_z": 0.0,
+        "training_dedup": "family",
+    }  # fmt: skip
+    changed = {k for k, v in RULES_V2.model_dump().items() if RULES_V1.model_dump()[k] != v}
+    assert changed == {"version", "owner_share", "comparison", "architecture_z", "training_dedup"}
