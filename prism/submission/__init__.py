@@ -5,12 +5,14 @@ Other stages use exactly this API::
     load_submission(path, limits=None) -> Submission          # .zip, .py or a project directory
     load_submission_bytes(data, *, filename="submission.zip", limits=None) -> Submission
     check_submission(path, limits=None) -> CheckReport        # every problem, for `prism check`
+    check_submission_bytes(data, *, filename=..., limits=None) -> CheckReport
     pack_directory(src) -> bytes ; pack_to(src, out) -> sha256 hex
 
 Every rejection is a :class:`SubmissionError` (a miner fault) with a stable ``code``.
 """
 
 from prism.submission.archive import build_zip, pack_directory, pack_to, read_archive
+from prism.submission.budget import BudgetUsage
 from prism.submission.errors import (
     ERROR_CODES,
     ArchiveError,
@@ -24,6 +26,7 @@ from prism.submission.intake import (
     CheckReport,
     Submission,
     check_submission,
+    check_submission_bytes,
     load_submission,
     load_submission_bytes,
 )
@@ -37,6 +40,7 @@ __all__ = [
     "ERROR_CODES",
     "KINDS",
     "ArchiveError",
+    "BudgetUsage",
     "CheckReport",
     "IntakeLimits",
     "Problem",
@@ -47,6 +51,7 @@ __all__ = [
     "SubmissionError",
     "build_zip",
     "check_submission",
+    "check_submission_bytes",
     "code_fingerprint",
     "load_submission",
     "load_submission_bytes",

@@ -48,10 +48,23 @@ class SubmissionError(MinerFault):
         super().__init__(message, code=code)
         self.file = file
         self.line = line
+        #: Every problem found (``prism check`` lists them all); the error describes the first.
+        self.problems: list[Problem] = [self.to_problem()]
 
     @classmethod
     def from_problem(cls, problem: Problem) -> SubmissionError:
         return cls(problem.message, code=problem.code, file=problem.file, line=problem.line)
+
+    @classmethod
+    def from_problems(cls, problems: list[Problem]) -> SubmissionError:
+        """One error for several problems: described by the first, carrying all of them."""
+        if not problems:
+            raise ValueError("from_problems needs at least one problem")
+        first = problems[0]
+        extra = f" (and {len(problems) - 1} more problem(s); run `prism check`)" if len(problems) > 1 else ""
+        error = cls(first.message + extra, code=first.code, file=first.file, line=first.line)
+        error.problems = list(problems)
+        return error
 
     def to_problem(self) -> Problem:
         return Problem(code=self.code, message=self.message, file=self.file, line=self.line)
@@ -96,6 +109,21 @@ class StaticGateError(SubmissionError):
         super().__init__(first.message + extra, code=first.code, file=first.file, line=first.line)
         self.problems = list(problems)
 
+    @classmethod
+    def from_problems(cls, problems: list[Problem]) -> StaticGateError:
+        return cls(problems)
+
+
+def error_for(problems: list[Problem]) -> SubmissionError:
+    """The typed error for a list of problems, chosen by the first problem's code family."""
+    family = problems[0].code.split(".")[0] if problems else ""
+    kind: type[SubmissionError] = {
+        "zip": ArchiveError,
+        "manifest": ProjectManifestError,
+        "static": StaticGateError,
+    }.get(family, SubmissionError)
+    return kind.from_problems(problems)
+
 
 #: Every code intake can emit, with a one-line meaning. docs/submissions.md documents each one,
 #: and a test keeps the two in sync.
@@ -123,6 +151,7 @@ ERROR_CODES: dict[str, str] = {
     "zip.suffix": "a file has a suffix outside the allowed text suffixes",
     "zip.binary": "a file contains NUL bytes (binary data)",
     "zip.not_utf8": "a file is not valid UTF-8 text",
+    "zip.other_files_over_budget": "the files that are not Python hold more bytes than the budget",
     # prism.yaml
     "manifest.yaml": "prism.yaml is not valid YAML, not a mapping, or repeats a key",
     "manifest.yaml_alias": "prism.yaml uses YAML anchors or aliases (refused: alias bombs)",
@@ -130,8 +159,8 @@ ERROR_CODES: dict[str, str] = {
     "manifest.schema": "prism.yaml does not match the schema (unknown key, wrong type, bad kind)",
     "manifest.missing_file": "a file named in prism.yaml is not in the archive",
     "manifest.not_python": "a file named as architecture or training code is not a .py file",
-    "manifest.unlisted_file": "a .py file in the archive is not listed in prism.yaml",
-    "manifest.conflict": "files listed in conflicting roles, or both prism.yaml and prism.yml",
+    "manifest.conflict": "both prism.yaml and prism.yml are present",
+    "manifest.unsupported_format": "the archive is in a format PRISM does not run (the two-script format)",
     "manifest.architecture_id_required": "kind training_for_arch without architecture_id",
     "manifest.architecture_id_forbidden": "architecture_id given for a kind other than training_for_arch",
     "manifest.training_required": "kind training_for_arch without a training section",
@@ -148,4 +177,15 @@ ERROR_CODES: dict[str, str] = {
     "static.ambiguous_module": "a sibling import by stem matches more than one file",
     "static.missing_build_model": "the architecture entrypoint does not define build_model",
     "static.missing_get_recipe": "the architecture entrypoint does not define get_recipe",
+    "static.hook_signature": "a hook's parameters do not match how PRISM calls it",
+    # the information budget (prism.submission.budget)
+    "static.string_too_long": "one string or bytes literal is longer than the per-literal cap",
+    "static.strings_over_budget": "string and bytes literals together are over the budget",
+    "static.docstring_too_long": "one docstring is longer than the per-docstring cap",
+    "static.docstrings_over_budget": "docstrings together are over the budget",
+    "static.comments_over_budget": "comment text together is over the budget",
+    "static.number_table": "one list/tuple/set/dict literal holds more numbers than the cap",
+    "static.numbers_over_budget": "numeric literals together are over the budget (in characters)",
+    "static.identifier_too_long": "an identifier is longer than the cap",
+    "static.identifiers_over_budget": "distinct identifiers together are over the budget (in bytes)",
 }

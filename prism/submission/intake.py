@@ -3,9 +3,11 @@
 Order of checks (each stage runs only on what the previous one accepted):
 
 1. archive safety and limits (:mod:`prism.submission.archive`),
-2. ``prism.yaml`` or the default layout (:mod:`prism.submission.project_manifest`),
-3. the static gate over every ``.py`` (:mod:`prism.submission.static_gate`),
-4. fingerprints and hook detection.
+2. ``prism.yaml`` or the default layout (:mod:`prism.submission.layout`), every problem at once,
+3. the static gate over every ``.py`` (:mod:`prism.submission.static_gate`), hooks and their
+   signatures (:mod:`prism.submission.hooks`) and the information budget
+   (:mod:`prism.submission.budget`), every problem at once,
+4. fingerprints (role files plus the unattributed files each entrypoint imports).
 
 Nothing here imports or runs submission code.
 """
@@ -30,10 +32,13 @@ from prism.submission.archive import (
     pack_directory,
     read_archive,
 )
-from prism.submission.errors import ArchiveError, Problem, StaticGateError, SubmissionError
+from prism.submission.budget import BudgetUsage, check_budget
+from prism.submission.errors import ArchiveError, Problem, ProjectManifestError, SubmissionError, error_for
 from prism.submission.fingerprint import code_fingerprint, sha256_hex
+from prism.submission.hooks import check_hook_signatures, find_hooks
+from prism.submission.imports import reachable
+from prism.submission.layout import ProjectLayout, resolve_layout, two_script_folder, unsupported_format
 from prism.submission.limits import IntakeLimits
-from prism.submission.project_manifest import ProjectLayout, resolve_layout
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,13 @@ class Submission:
     training_fingerprint: str | None
     hooks: Mapping[str, str] = field(default_factory=dict)
     manifest_file: str | None = None
+    #: ``.py`` files no role lists (an empty ``__init__.py``, a second variant of the project).
+    unattributed_files: tuple[str, ...] = ()
+    #: What each fingerprint covers: the role's files plus the unattributed files its
+    #: entrypoint can import (empty when built by hand: then the role's files).
+    architecture_fingerprint_files: tuple[str, ...] = ()
+    training_fingerprint_files: tuple[str, ...] = ()
+    budget: BudgetUsage | None = None
 
     @property
     def python_paths(self) -> tuple[str, ...]:
@@ -97,6 +109,10 @@ class Submission:
             "training_fingerprint": self.training_fingerprint,
             "hooks": dict(self.hooks),
             "python_paths": list(self.python_paths),
+            "unattributed_files": list(self.unattributed_files),
+            "architecture_fingerprint_files": list(self.architecture_fingerprint_files),
+            "training_fingerprint_files": list(self.training_fingerprint_files),
+            "budget": self.budget.model_dump() if self.budget is not None else None,
         }
 
 
@@ -136,11 +152,18 @@ def _single_file_zip(data: bytes, filename: str, limits: IntakeLimits) -> bytes:
     return build_zip({name: data})
 
 
-def _gate(files: Mapping[str, bytes], layout: ProjectLayout) -> tuple[list[Problem], dict[str, str]]:
-    """Run the static gate on every .py; return all problems and the hooks found."""
-    roots = static_gate.import_roots(layout.architecture_entrypoint, layout.training_entrypoint)
-    local = static_gate.LocalModules.from_paths(files, roots)
-    problems = static_gate.check_shadowing(files)
+@dataclass(frozen=True)
+class _GateResult:
+    problems: list[Problem]
+    hooks: dict[str, str]
+    trees: dict[str, ast.Module]
+    budget: BudgetUsage
+
+
+def _parse_all(
+    files: Mapping[str, bytes], local: static_gate.LocalModules
+) -> tuple[dict[str, ast.Module], list[Problem]]:
+    problems: list[Problem] = []
     trees: dict[str, ast.Module] = {}
     for path in sorted(files):
         if not path.endswith(".py"):
@@ -150,24 +173,48 @@ def _gate(files: Mapping[str, bytes], layout: ProjectLayout) -> tuple[list[Probl
         if tree is not None:
             trees[path] = tree
             problems.extend(static_gate.check_module(path, tree, local))
+    return trees, problems
+
+
+def _gate(files: Mapping[str, bytes], layout: ProjectLayout, limits: IntakeLimits) -> _GateResult:
+    """Static gate, hooks and their signatures, and the information budget, over every .py."""
+    roots = static_gate.import_roots(layout.architecture_entrypoint, layout.training_entrypoint)
+    local = static_gate.LocalModules.from_paths(files, roots)
+    problems = static_gate.check_shadowing(files)
+    trees, gate_problems = _parse_all(files, local)
+    problems.extend(gate_problems)
     arch_tree = trees.get(layout.architecture_entrypoint)
     if arch_tree is not None:
         problems.extend(static_gate.check_required_functions(layout.architecture_entrypoint, arch_tree))
     entrypoints = [layout.training_entrypoint, layout.architecture_entrypoint]
-    hooks = static_gate.find_hooks(
-        (path, trees[path]) for path in entrypoints if path is not None and path in trees
-    )
-    return problems, hooks
+    hooks = find_hooks((path, trees[path]) for path in entrypoints if path is not None and path in trees)
+    problems.extend(check_hook_signatures(hooks, trees, roots))
+    usage, budget_problems = check_budget(files, trees, limits)
+    problems.extend(budget_problems)
+    return _GateResult(problems=problems, hooks=hooks, trees=trees, budget=usage)
+
+
+def _with_imports(
+    declared: tuple[str, ...], entrypoint: str, layout: ProjectLayout, trees: Mapping[str, ast.Module]
+) -> tuple[str, ...]:
+    """Declared files plus the unattributed files ``entrypoint`` can import (in path order)."""
+    if not layout.unattributed_files:
+        return declared
+    roots = static_gate.import_roots(layout.architecture_entrypoint, layout.training_entrypoint)
+    reached = reachable(entrypoint, trees, roots, trees)
+    extra = sorted(path for path in layout.unattributed_files if path in reached)
+    return (*declared, *extra)
 
 
 def _assemble(
-    files: dict[str, bytes], zip_bytes: bytes, layout: ProjectLayout, hooks: dict[str, str]
+    files: dict[str, bytes], zip_bytes: bytes, layout: ProjectLayout, gate: _GateResult
 ) -> Submission:
+    arch_files = _with_imports(layout.architecture_files, layout.architecture_entrypoint, layout, gate.trees)
     training_fingerprint = None
+    train_files: tuple[str, ...] = ()
     if layout.training_entrypoint is not None:
-        training_fingerprint = code_fingerprint(
-            "training", layout.training_entrypoint, layout.training_files, files
-        )
+        train_files = _with_imports(layout.training_files, layout.training_entrypoint, layout, gate.trees)
+        training_fingerprint = code_fingerprint("training", layout.training_entrypoint, train_files, files)
     return Submission(
         kind=layout.kind,
         files=MappingProxyType(files),
@@ -179,22 +226,43 @@ def _assemble(
         zip_bytes=zip_bytes,
         zip_sha256=sha256_hex(zip_bytes),
         architecture_fingerprint=code_fingerprint(
-            "architecture", layout.architecture_entrypoint, layout.architecture_files, files
+            "architecture", layout.architecture_entrypoint, arch_files, files
         ),
         training_fingerprint=training_fingerprint,
-        hooks=MappingProxyType(hooks),
+        hooks=MappingProxyType(gate.hooks),
         manifest_file=layout.manifest_file,
+        unattributed_files=layout.unattributed_files,
+        architecture_fingerprint_files=arch_files,
+        training_fingerprint_files=train_files,
+        budget=gate.budget,
     )
 
 
+def _resolve(files: Mapping[str, bytes], limits: IntakeLimits) -> ProjectLayout:
+    """The layout; a bundle in the two-script format gets one clear error instead."""
+    try:
+        return resolve_layout(files, limits)
+    except ProjectManifestError:
+        folder = two_script_folder(files)
+        if folder is not None:
+            raise ProjectManifestError.from_problems([unsupported_format(folder)]) from None
+        raise
+
+
 def _run_intake(data: bytes, filename: str, limits: IntakeLimits) -> tuple[Submission, list[Problem]]:
-    """Stages 1-4. Archive and manifest errors raise; gate problems are returned, all of them."""
+    """Every stage. Archive and manifest errors raise (with all their problems); gate problems,
+    all of them, are returned with the submission."""
     is_single_file = filename.lower().endswith(".py")
     zip_bytes = _single_file_zip(data, filename, limits) if is_single_file else data
     files = read_archive(zip_bytes, limits)
-    layout = resolve_layout(files, limits)
-    problems, hooks = _gate(files, layout)
-    return _assemble(files, zip_bytes, layout, hooks), problems
+    layout = _resolve(files, limits)
+    gate = _gate(files, layout, limits)
+    problems = gate.problems
+    missing = {"static.missing_get_recipe", "static.missing_build_model"}
+    folder = two_script_folder(files)
+    if folder is not None and any(p.code in missing for p in problems):
+        problems = [unsupported_format(folder)]
+    return _assemble(files, zip_bytes, layout, gate), problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +276,7 @@ def load_submission_bytes(
     single-file submission; anything else is read as a ZIP. Raises :class:`SubmissionError`."""
     submission, problems = _run_intake(bytes(data), filename, limits or IntakeLimits())
     if problems:
-        raise StaticGateError(problems)
+        raise error_for(problems)
     logger.debug("accepted %s: kind %s, zip sha256 %s", filename, submission.kind, submission.zip_sha256)
     return submission
 
@@ -238,16 +306,27 @@ def load_submission(path: Path, limits: IntakeLimits | None = None) -> Submissio
     return load_submission_bytes(data, filename=filename, limits=limits)
 
 
-def check_submission(path: Path, limits: IntakeLimits | None = None) -> CheckReport:
-    """Like :func:`load_submission` but reports every static-gate problem instead of raising.
+def check_submission_bytes(
+    data: bytes, *, filename: str = "submission.zip", limits: IntakeLimits | None = None
+) -> CheckReport:
+    """Like :func:`load_submission_bytes`, but every problem is reported instead of raised."""
+    try:
+        submission, problems = _run_intake(bytes(data), filename, limits or IntakeLimits())
+    except SubmissionError as exc:
+        return CheckReport(ok=False, submission=None, problems=list(exc.problems))
+    return CheckReport(ok=not problems, submission=submission, problems=problems)
 
-    Archive and manifest errors stop intake early, so they appear as a single problem.
+
+def check_submission(path: Path, limits: IntakeLimits | None = None) -> CheckReport:
+    """Like :func:`load_submission` but reports every problem instead of raising.
+
+    An archive error stops intake at once (one problem); manifest problems are reported all
+    together and stop intake before the static gate; the gate's problems are all reported.
     Operator errors (a path that does not exist) still raise.
     """
     limits = limits or IntakeLimits()
     try:
         data, filename = _read_path(Path(path), limits)
-        submission, problems = _run_intake(data, filename, limits)
     except SubmissionError as exc:
-        return CheckReport(ok=False, submission=None, problems=[exc.to_problem()])
-    return CheckReport(ok=not problems, submission=submission, problems=problems)
+        return CheckReport(ok=False, submission=None, problems=list(exc.problems))
+    return check_submission_bytes(data, filename=filename, limits=limits)

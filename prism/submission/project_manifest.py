@@ -1,30 +1,32 @@
-"""``prism.yaml``: what a project declares, and how files map to roles.
+"""``prism.yaml``: what a project declares, parsed strictly and reported all at once.
 
 The manifest is parsed with ``yaml.safe_load`` only after a pass over the raw event stream has
 refused anchors/aliases (an alias bomb expands a few hundred bytes into gigabytes), deep nesting
-and duplicate keys. The result is a strict pydantic model; :func:`resolve_layout` then checks it
-against the archive and yields the :class:`ProjectLayout` the rest of intake works from.
+and duplicate keys. Those are fatal: nothing else can be read from such a file. Everything after
+that (unknown keys, wrong types, kinds and their sections) is collected into one list of
+problems, each with the line it concerns and, for a misspelt key or kind, the likely intended
+one. :mod:`prism.submission.layout` then checks the manifest against the archive.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prism.submission.errors import ProjectManifestError
+from prism.submission.errors import Problem, ProjectManifestError
 from prism.submission.limits import IntakeLimits
 
 Kind = Literal["full", "architecture_only", "training_for_arch"]
 KINDS: tuple[str, ...] = ("full", "architecture_only", "training_for_arch")
 MANIFEST_NAMES: tuple[str, ...] = ("prism.yaml", "prism.yml")
-DEFAULT_ENTRYPOINT = "model.py"
 _ARCHITECTURE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+#: A YAML path (keys and list indices) -> the 1-based line it starts on.
+LineMap = dict[tuple[str | int, ...], int]
 
 
 class RoleSpec(BaseModel):
@@ -47,21 +49,18 @@ class ProjectManifest(BaseModel):
     architecture_id: str | None = Field(default=None, pattern=_ARCHITECTURE_ID)
 
 
-@dataclass(frozen=True)
-class ProjectLayout:
-    """Which files play which role, after the manifest (or the default) was checked."""
+_TOP_KEYS: tuple[str, ...] = tuple(ProjectManifest.model_fields)
+_ROLE_KEYS: tuple[str, ...] = tuple(RoleSpec.model_fields)
 
-    kind: str
-    architecture_entrypoint: str
-    architecture_files: tuple[str, ...]
-    training_entrypoint: str | None
-    training_files: tuple[str, ...]
-    architecture_id: str | None
-    manifest_file: str | None
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    match = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 # ---------------------------------------------------------------------------------------------
-# parsing
+# YAML: the fatal checks, then a map of where each key and item sits
 
 
 def _check_event_stream(text: str, file: str, limits: IntakeLimits) -> None:
@@ -88,41 +87,34 @@ def _check_event_stream(text: str, file: str, limits: IntakeLimits) -> None:
             depth -= 1
 
 
-def _check_duplicate_keys(node: yaml.Node | None, file: str) -> None:
-    """``safe_load`` keeps the last of two equal keys; a manifest must not be that ambiguous."""
-    stack = [node] if node is not None else []
+def _line_map(root: yaml.Node | None, file: str) -> LineMap:
+    """Where every key and list item starts; duplicate keys (all of them) are refused."""
+    lines: LineMap = {}
+    duplicates: list[Problem] = []
+    stack: list[tuple[tuple[str | int, ...], yaml.Node]] = [((), root)] if root is not None else []
     while stack:
-        current = stack.pop()
-        if isinstance(current, yaml.MappingNode):
+        path, node = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
-            for key, value in current.value:
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in seen:
-                        raise ProjectManifestError(
-                            f"key {key.value!r} appears twice",
-                            code="manifest.yaml",
-                            file=file,
-                            line=key.start_mark.line + 1,
-                        )
-                    seen.add(key.value)
-                stack.extend((key, value))
-        elif isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                if name in seen:
+                    duplicates.append(
+                        Problem("manifest.yaml", f"key {name!r} appears twice", file, key.start_mark.line + 1)
+                    )
+                seen.add(name)
+                lines[(*path, name)] = key.start_mark.line + 1
+                stack.append(((*path, name), value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(((*path, index), item) for index, item in enumerate(node.value))
+    if duplicates:
+        raise ProjectManifestError.from_problems(sorted(duplicates, key=lambda p: p.line or 0))
+    return lines
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        location = ".".join(str(item) for item in error["loc"]) or "(top level)"
-        parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)
-
-
-def parse_project_manifest(
-    text: str, *, file: str = "prism.yaml", limits: IntakeLimits | None = None
-) -> ProjectManifest:
-    """Parse and validate manifest text. Raises :class:`ProjectManifestError` with a stable code."""
-    limits = limits or IntakeLimits()
+def load_yaml(text: str, file: str, limits: IntakeLimits) -> tuple[Any, LineMap]:
+    """The manifest's data and line map. Raises for anything that makes the file unreadable."""
     if len(text.encode("utf-8")) > limits.max_manifest_bytes:
         raise ProjectManifestError(
             f"prism.yaml is larger than {limits.max_manifest_bytes} bytes",
@@ -131,7 +123,7 @@ def parse_project_manifest(
         )
     try:
         _check_event_stream(text, file, limits)
-        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), file)
+        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader), file)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
@@ -144,178 +136,115 @@ def parse_project_manifest(
         raise ProjectManifestError(
             "prism.yaml must be a mapping (key: value lines)", code="manifest.yaml", file=file
         )
-    if data.get("kind") == "training_for_arch" and not data.get("architecture_id"):
-        raise ProjectManifestError(
-            "kind training_for_arch must name the target family with architecture_id",
-            code="manifest.architecture_id_required",
-            file=file,
-        )
-    try:
-        return ProjectManifest.model_validate(data)
-    except ValidationError as exc:
-        raise ProjectManifestError(_format_validation_error(exc), code="manifest.schema", file=file) from None
+    return data, lines
+
+
+def line_of(lines: LineMap, path: tuple[str | int, ...]) -> int | None:
+    """The line of ``path``, or of its nearest ancestor that has one."""
+    for end in range(len(path), 0, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
-# resolving against the archive
+# schema and kind rules, all collected
 
 
-def _normalize_listed(path: str) -> str:
-    return path[2:] if path.startswith("./") else path
+def _schema_message(error: Any) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(item) for item in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _ROLE_KEYS if len(loc) > 1 else _TOP_KEYS
+        return (
+            f"unknown key {where!r}{did_you_mean(str(loc[-1]), allowed)}; allowed here: {', '.join(allowed)}"
+        )
+    if kind == "missing":
+        return f"missing key {where!r}"
+    if loc == ("kind",) and kind == "literal_error":
+        value = str(error.get("input"))
+        return f"kind {value!r} is not one of {', '.join(KINDS)}{did_you_mean(value, KINDS)}"
+    if loc == ("architecture_id",) and kind == "string_pattern_mismatch":
+        return (
+            f"architecture_id {error.get('input')!r} must be 1-128 characters of "
+            "A-Z a-z 0-9 . _ : - starting with a letter or digit (a family id, e.g. fam-0123abcd...)"
+        )
+    return f"{where}: {error['msg']}"
 
 
-def _ordered_unique(items: list[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(items))
+def _schema_problems(data: dict[str, Any], lines: LineMap, file: str) -> list[Problem]:
+    try:
+        ProjectManifest.model_validate(data)
+    except ValidationError as exc:
+        return [
+            Problem("manifest.schema", _schema_message(error), file, line_of(lines, tuple(error["loc"])))
+            for error in exc.errors()
+        ]
+    return []
 
 
-def _check_listed_files(paths: tuple[str, ...], files: Mapping[str, bytes], manifest_file: str) -> None:
-    for path in paths:
-        if path not in files:
-            raise ProjectManifestError(
-                f"prism.yaml lists {path!r}, which is not in the archive",
-                code="manifest.missing_file",
-                file=manifest_file,
+def _kind_problems(data: dict[str, Any], lines: LineMap, file: str) -> list[Problem]:
+    """Which sections and keys each kind needs or forbids (docs/submissions.md, "Kinds and roles")."""
+    kind = data.get("kind")
+    if kind not in KINDS:
+        return []  # reported by the schema
+    has_training = data.get("training") is not None
+    has_id = data.get("architecture_id") is not None
+    where = line_of(lines, ("kind",))
+    problems = []
+    if kind == "training_for_arch" and not has_id:
+        problems.append(
+            Problem(
+                "manifest.architecture_id_required",
+                "kind training_for_arch must name the target family with architecture_id "
+                "(`prism identify` prints a project's family id)",
+                file,
+                where,
             )
-        if PurePosixPath(path).suffix != ".py":
-            raise ProjectManifestError(
-                f"{path!r} is listed as code but is not a .py file",
-                code="manifest.not_python",
-                file=manifest_file,
+        )
+    if kind == "training_for_arch" and not has_training:
+        problems.append(
+            Problem(
+                "manifest.training_required", "kind training_for_arch needs a training section", file, where
             )
-
-
-def _check_roles(manifest: ProjectManifest, file: str) -> None:
-    """Role rules (docs/submissions.md, "Roles"): presence of sections and architecture_id by kind."""
-    if manifest.kind == "training_for_arch":
-        if manifest.training is None:
-            raise ProjectManifestError(
-                "kind training_for_arch needs a training section",
-                code="manifest.training_required",
-                file=file,
+        )
+    if kind != "training_for_arch" and has_id:
+        problems.append(
+            Problem(
+                "manifest.architecture_id_forbidden",
+                f"architecture_id only applies to kind training_for_arch, not {kind}",
+                file,
+                line_of(lines, ("architecture_id",)),
             )
-    elif manifest.architecture_id is not None:
-        raise ProjectManifestError(
-            f"architecture_id only applies to kind training_for_arch, not {manifest.kind}",
-            code="manifest.architecture_id_forbidden",
-            file=file,
         )
-    if manifest.kind == "architecture_only" and manifest.training is not None:
-        raise ProjectManifestError(
-            "kind architecture_only claims no training; remove the training section or use kind full",
-            code="manifest.training_forbidden",
-            file=file,
-        )
-
-
-def _check_conflicts(
-    arch_entry: str,
-    arch_helpers: tuple[str, ...],
-    train_entry: str,
-    train_helpers: tuple[str, ...],
-    file: str,
-) -> None:
-    """A file has one role. The one exception: both entrypoints may be the same module."""
-    if arch_entry in train_helpers:
-        raise ProjectManifestError(
-            f"{arch_entry!r} is the architecture entrypoint and also a training file",
-            code="manifest.conflict",
-            file=file,
-        )
-    if train_entry in arch_helpers:
-        raise ProjectManifestError(
-            f"{train_entry!r} is the training entrypoint and also an architecture file",
-            code="manifest.conflict",
-            file=file,
-        )
-    shared = sorted(set(arch_helpers) & set(train_helpers))
-    if shared:
-        raise ProjectManifestError(
-            f"{shared[0]!r} is listed under both architecture.files and training.files; list it once",
-            code="manifest.conflict",
-            file=file,
-        )
-
-
-def _layout_from_manifest(
-    manifest: ProjectManifest, files: Mapping[str, bytes], manifest_file: str
-) -> ProjectLayout:
-    _check_roles(manifest, manifest_file)
-    arch_entry = _normalize_listed(manifest.architecture.entrypoint)
-    arch_helpers = _ordered_unique(
-        [_normalize_listed(p) for p in manifest.architecture.files if _normalize_listed(p) != arch_entry]
-    )
-    train_entry: str | None = None
-    train_helpers: tuple[str, ...] = ()
-    if manifest.training is not None:
-        train_entry = _normalize_listed(manifest.training.entrypoint)
-        train_helpers = _ordered_unique(
-            [_normalize_listed(p) for p in manifest.training.files if _normalize_listed(p) != train_entry]
-        )
-        _check_conflicts(arch_entry, arch_helpers, train_entry, train_helpers, manifest_file)
-    elif manifest.kind == "full":
-        train_entry = arch_entry  # a full project without a training section trains from its model module
-    architecture_files = (arch_entry, *arch_helpers)
-    training_files = (train_entry, *train_helpers) if train_entry is not None else ()
-    _check_listed_files(architecture_files + training_files, files, manifest_file)
-    listed = set(architecture_files) | set(training_files)
-    for path in files:
-        if path.endswith(".py") and path not in listed:
-            raise ProjectManifestError(
-                f"{path!r} is not listed in prism.yaml; every .py must be architecture or training code "
-                "so the fingerprints cover all code that can run",
-                code="manifest.unlisted_file",
-                file=path,
+    if kind == "architecture_only" and has_training:
+        problems.append(
+            Problem(
+                "manifest.training_forbidden",
+                "kind architecture_only claims no training; remove the training section or use kind full",
+                file,
+                line_of(lines, ("training",)),
             )
-    return ProjectLayout(
-        kind=manifest.kind,
-        architecture_entrypoint=arch_entry,
-        architecture_files=architecture_files,
-        training_entrypoint=train_entry,
-        training_files=training_files,
-        architecture_id=manifest.architecture_id,
-        manifest_file=manifest_file,
-    )
-
-
-def _default_layout(files: Mapping[str, bytes]) -> ProjectLayout:
-    """No manifest: kind full, entrypoint = the only top-level module, or top-level model.py."""
-    python_files = sorted(path for path in files if path.endswith(".py"))
-    top_level = [path for path in python_files if "/" not in path]
-    if len(top_level) == 1:
-        entry = top_level[0]
-    elif DEFAULT_ENTRYPOINT in top_level:
-        entry = DEFAULT_ENTRYPOINT
-    else:
-        found = ", ".join(top_level) or "none"
-        raise ProjectManifestError(
-            "no prism.yaml, and no single top-level .py (or top-level model.py) to use as the entrypoint "
-            f"(top-level .py files: {found}); add a prism.yaml",
-            code="manifest.no_entrypoint",
         )
-    helpers = tuple(path for path in python_files if path != entry)
-    return ProjectLayout(
-        kind="full",
-        architecture_entrypoint=entry,
-        architecture_files=(entry, *helpers),
-        training_entrypoint=entry,
-        training_files=(entry,),
-        architecture_id=None,
-        manifest_file=None,
-    )
+    return problems
 
 
-def resolve_layout(files: Mapping[str, bytes], limits: IntakeLimits | None = None) -> ProjectLayout:
-    """Read the root ``prism.yaml``/``prism.yml`` (if any) and map the archive's files to roles."""
-    present = [name for name in MANIFEST_NAMES if name in files]
-    if len(present) > 1:
-        raise ProjectManifestError(
-            "both prism.yaml and prism.yml are present; keep one", code="manifest.conflict"
-        )
-    if not present:
-        return _default_layout(files)
-    manifest_file = present[0]
-    manifest = parse_project_manifest(files[manifest_file].decode("utf-8"), file=manifest_file, limits=limits)
-    return _layout_from_manifest(manifest, files, manifest_file)
+def manifest_problems(data: dict[str, Any], lines: LineMap, file: str) -> list[Problem]:
+    """Every schema and kind problem of a readable manifest, in line order."""
+    problems = _schema_problems(data, lines, file) + _kind_problems(data, lines, file)
+    return sorted(problems, key=lambda p: (p.line or 0, p.code))
+
+
+def parse_project_manifest(
+    text: str, *, file: str = "prism.yaml", limits: IntakeLimits | None = None
+) -> ProjectManifest:
+    """Parse and validate manifest text. Raises :class:`ProjectManifestError` carrying every problem."""
+    data, lines = load_yaml(text, file, limits or IntakeLimits())
+    problems = manifest_problems(data, lines, file)
+    if problems:
+        raise ProjectManifestError.from_problems(problems)
+    return ProjectManifest.model_validate(data)
 
 
 def is_valid_architecture_id(value: str) -> bool:

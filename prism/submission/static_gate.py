@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from prism.evaluator.interface import HOOK_NAMES, REQUIRED_FUNCTIONS
+from prism.evaluator.interface import REQUIRED_FUNCTIONS
 from prism.submission.errors import Problem
 
 #: Top-level packages a submission may import. Everything else is refused, including (on
@@ -389,7 +389,7 @@ def module_level_names(tree: ast.Module) -> dict[str, int]:
     """Names bound by top-level statements (def, class, assignment, import) -> line."""
     names: dict[str, int] = {}
     for statement in tree.body:
-        if isinstance(statement, ast.FunctionDef | ast.ClassDef):
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.setdefault(statement.name, statement.lineno)
         elif isinstance(statement, ast.Assign):
             for target in statement.targets:
@@ -420,14 +420,3 @@ def check_required_functions(file: str, tree: ast.Module) -> list[Problem]:
         for name in REQUIRED_FUNCTIONS
         if name not in defined
     ]
-
-
-def find_hooks(entrypoints: Iterable[tuple[str, ast.Module]]) -> dict[str, str]:
-    """Hook name -> file, looking in each entrypoint in order (training first, then architecture)."""
-    hooks: dict[str, str] = {}
-    for file, tree in entrypoints:
-        defined = module_level_names(tree)
-        for hook in HOOK_NAMES:
-            if hook in defined and hook not in hooks:
-                hooks[hook] = file
-    return {hook: hooks[hook] for hook in HOOK_NAMES if hook in hooks}

@@ -23,11 +23,23 @@ def prism(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_pack_twice_gives_the_same_sha256(tmp_path: Path) -> None:
     first = prism("pack", str(EXAMPLES / "gpt"), "-o", str(tmp_path / "a.zip"))
-    second = prism("pack", str(EXAMPLES / "gpt"), "-o", str(tmp_path / "b.zip"), "--no-check")
+    second = prism("pack", str(EXAMPLES / "gpt"), "-o", str(tmp_path / "b.zip"))
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     digest_a, digest_b = first.stdout.split()[0], second.stdout.split()[0]
     assert digest_a == digest_b == hashlib.sha256((tmp_path / "a.zip").read_bytes()).hexdigest()
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+
+
+def test_pack_refuses_to_write_a_zip_intake_rejects(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "model.py").write_text("import socket\n\n\ndef build_model(ctx):\n    return None\n")
+    out = tmp_path / "out" / "s.zip"
+    result = prism("pack", str(project), "-o", str(out))
+    assert result.returncode == 1
+    assert not out.exists() and not out.parent.exists()
+    assert "static.forbidden_import" in result.stdout and "static.missing_get_recipe" in result.stdout
+    assert "not writing" in result.stdout
 
 
 def test_check_json_accepts_example(tmp_path: Path) -> None:

@@ -117,8 +117,12 @@ def test_listed_file_must_be_python() -> None:
     assert manifest_code(files) == "manifest.not_python"
 
 
-def test_unlisted_python_file() -> None:
-    assert manifest_code(project(FULL, src__extra=HELPER)) == "manifest.unlisted_file"
+def test_unlisted_python_file_is_accepted_as_unattributed() -> None:
+    submission = load_submission_bytes(zip_of(project(FULL, src__extra=HELPER)))
+    assert submission.unattributed_files == ("src/extra.py",)
+    # Nothing imports it, so neither fingerprint covers it.
+    assert "src/extra.py" not in submission.architecture_fingerprint_files
+    assert "src/extra.py" not in submission.training_fingerprint_files
 
 
 def test_non_python_files_need_not_be_listed() -> None:
@@ -131,19 +135,24 @@ def test_non_python_files_need_not_be_listed() -> None:
 @pytest.mark.parametrize(
     "manifest",
     [
-        # architecture entrypoint used as a training helper
+        # the architecture entrypoint is also a training file (the training code imports the model)
         FULL + "  files:\n    - src/model.py\n",
-        # training entrypoint used as an architecture helper
+        # the training entrypoint is also an architecture file (the model imports the recipe)
         FULL.replace(
             "  entrypoint: src/model.py\n", "  entrypoint: src/model.py\n  files:\n    - src/train.py\n"
         ),
-        # one helper in both roles
+        # one helper in both roles (PRISM v1 projects do this)
         FULL.replace("  entrypoint: src/model.py\n", "  entrypoint: src/model.py\n  files:\n    - src/h.py\n")
         + "  files:\n    - src/h.py\n",
     ],
 )
-def test_conflicting_roles(manifest: str) -> None:
-    assert manifest_code(project(manifest, src__h=HELPER)) == "manifest.conflict"
+def test_files_may_belong_to_both_roles(manifest: str) -> None:
+    submission = load_submission_bytes(zip_of(project(manifest, src__h=HELPER)))
+    shared = set(submission.architecture_files) & set(submission.training_files)
+    assert len(shared) == 1
+    assert shared <= set(submission.architecture_fingerprint_files) & set(
+        submission.training_fingerprint_files
+    )
 
 
 def test_same_module_may_be_both_entrypoints() -> None:
@@ -167,7 +176,9 @@ def test_same_module_may_be_both_entrypoints() -> None:
     ],
 )
 def test_schema_violations(manifest: str) -> None:
-    assert manifest_code(project(manifest)) == "manifest.schema"
+    with pytest.raises(ProjectManifestError) as info:
+        load_submission_bytes(zip_of(project(manifest)))
+    assert "manifest.schema" in [problem.code for problem in info.value.problems]
 
 
 @pytest.mark.parametrize(
