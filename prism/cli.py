@@ -15,7 +15,17 @@ import sys
 from prism import __version__
 from prism.errors import PrismError
 
-COMMAND_GROUPS = ("submission", "data", "eval", "leaderboard", "chain", "localnet", "serve", "fetch_family")
+COMMAND_GROUPS = (
+    "submission",
+    "identify",
+    "data",
+    "eval",
+    "leaderboard",
+    "chain",
+    "localnet",
+    "serve",
+    "fetch_family",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
