@@ -1,6 +1,6 @@
 """``prism identify PATH``: a submission's identity and its fit at every regime, without training.
 
-    prism identify examples/gpt [--profile local_cpu_smoke] [--regime R ...] [--json] [--timeout S]
+    prism identify examples/gpt [--profile P] [--regime R ...] [--json] [--timeout S] [--threads N]
 
 Prints the family id and version id (recorded at the profile's canonical context, as the
 evaluator records them), and per regime the parameter and layer counts against the budget plus
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +34,9 @@ from prism.evaluator.identify import (
 )
 from prism.profiles import PROFILE_NAMES, Profile, load_profile
 from prism.submission import Problem, Submission, load_submission
+
+if TYPE_CHECKING:
+    from prism.evaluator.sandbox import SandboxLimits, SandboxResult
 
 DEFAULT_TIMEOUT_S = 600.0
 _MAX_REPLY_BYTES = 1_000_000
@@ -80,7 +85,7 @@ class IdentifyReport(_Strict):
     canonical_parameters: int | None = None
     flops_per_token: float | None = None
     regimes: list[RegimeIdentity] = Field(default_factory=list)
-    problems: list[dict[str, Any]] = Field(default_factory=list)
+    problems: list[Problem] = Field(default_factory=list)
     isolation: str | None = None
     wall_s: float = 0.0
 
@@ -115,7 +120,7 @@ def regime_requests(profile: Profile, names: list[str] | None) -> list[RegimeReq
     ]
 
 
-def _limits(profile: Profile, timeout_s: float, threads: int) -> Any:
+def _limits(profile: Profile, timeout_s: float, threads: int) -> SandboxLimits:
     from prism.evaluator.sandbox import SandboxLimits
 
     return SandboxLimits(
@@ -135,12 +140,21 @@ def _limits(profile: Profile, timeout_s: float, threads: int) -> Any:
 
 
 def _read_reply(path: Path) -> IdentifyReply | None:
-    """The process's reply, if it wrote a well-formed one of sane size."""
+    """The process's reply, if it wrote a well-formed one of sane size to a regular file.
+
+    The sandbox could leave a symlink (to a host file) or a FIFO (to block us) in its place:
+    the file is opened without following links or blocking, and must be a regular file.
+    """
     try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_REPLY_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, _MAX_REPLY_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > _MAX_REPLY_BYTES:
         return None
     try:
@@ -150,8 +164,8 @@ def _read_reply(path: Path) -> IdentifyReply | None:
 
 
 def _sandboxed(
-    submission: Submission, spec_fields: dict[str, Any], limits: Any, work: Path
-) -> tuple[Any, IdentifyReply | None]:
+    submission: Submission, spec_fields: dict[str, Any], limits: SandboxLimits, work: Path
+) -> tuple[SandboxResult, IdentifyReply | None]:
     from prism.evaluator import sandbox as sb
 
     submission_dir, spec_dir, out_dir = work / "submission", work / "spec", work / "out"
@@ -200,7 +214,7 @@ def identify(
         "torch_threads": threads,
     }
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="prism-identify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="prism-identify-", ignore_cleanup_errors=True) as tmp:
         result, reply = _sandboxed(submission, spec_fields, _limits(profile, timeout_s, threads), Path(tmp))
     report = assess(submission, profile, requests, reply, result)
     report.wall_s = time.perf_counter() - started
@@ -224,29 +238,21 @@ def _stage_problem(failure: StageFailure, where: str) -> Problem:
 
 def _budget_problems(measure: RegimeMeasure, request: RegimeRequest) -> list[Problem]:
     budget, layers = request.context["max_parameters"], request.context["max_layers"]
+    params, state, depth = measure.parameter_count, measure.weights_elements, measure.layer_count
+    where = f"regime {request.name}"
     problems = []
-    if measure.parameter_count is not None and measure.parameter_count > budget:
-        problems.append(
-            Problem(
-                "eval.too_many_parameters",
-                f"regime {request.name}: {measure.parameter_count:,} parameters, above max_parameters={budget:,}",
-            )
+    if params is not None and params > budget:
+        message = f"{where}: {params:,} parameters, above max_parameters={budget:,}"
+        problems.append(Problem("eval.too_many_parameters", message))
+    elif state is not None and state > budget:
+        message = (
+            f"{where}: the model's state (parameters and buffers) holds {state:,} elements, above "
+            f"max_parameters={budget:,}; the trained weights file is counted this way"
         )
-    elif measure.weights_elements is not None and measure.weights_elements > budget:
+        problems.append(Problem("identify.weights_over_budget", message))
+    if depth is not None and depth > layers:
         problems.append(
-            Problem(
-                "identify.weights_over_budget",
-                f"regime {request.name}: the model's state (parameters and buffers) holds "
-                f"{measure.weights_elements:,} elements, above max_parameters={budget:,}; the trained "
-                "weights file is counted this way",
-            )
-        )
-    if measure.layer_count is not None and measure.layer_count > layers:
-        problems.append(
-            Problem(
-                "eval.too_many_layers",
-                f"regime {request.name}: {measure.layer_count} layers, above max_layers={layers}",
-            )
+            Problem("eval.too_many_layers", f"{where}: {depth} layers, above max_layers={layers}")
         )
     return problems
 
@@ -267,14 +273,14 @@ def _regime_identity(
     )
 
 
-def _sandbox_problem(result: Any, log_tail: str) -> Problem:
+def _sandbox_problem(result: SandboxResult) -> Problem:
     if result.timed_out:
         return Problem(
             "identify.timeout", f"the identify process ran past {result.wall_s:.0f} s and was killed"
         )
     if result.memory_exceeded:
         return Problem("identify.memory_exceeded", "the identify process ran out of its memory limit")
-    tail = "\n".join(log_tail.strip().splitlines()[-_LOG_TAIL_LINES:])
+    tail = "\n".join(result.log_tail.strip().splitlines()[-_LOG_TAIL_LINES:])
     return Problem(
         "identify.no_reply",
         f"the identify process exited ({result.exit_code}, signal {result.signal}) without a readable reply"
@@ -287,7 +293,7 @@ def assess(
     profile: Profile,
     requests: list[RegimeRequest],
     reply: IdentifyReply | None,
-    result: Any,
+    result: SandboxResult,
 ) -> IdentifyReport:
     """Turn the sandbox's evidence into a verdict: every problem, and what was measured."""
     report = IdentifyReport(
@@ -298,21 +304,21 @@ def assess(
         isolation=result.isolation.mode,
     )
     problems: list[Problem] = []
-    if reply is None or [m.name for m in reply.regimes] not in ([], [r.name for r in requests]):
-        problems.append(_sandbox_problem(result, result.log_tail))
+    if reply is None:
+        problems.append(_sandbox_problem(result))
     elif reply.import_failure is not None:
         problems.append(_stage_problem(reply.import_failure, "importing the submission"))
+    elif [m.name for m in reply.regimes] != [r.name for r in requests]:
+        problems.append(Problem("identify.no_reply", "the reply does not answer the regimes asked for"))
     else:
         problems.extend(_canonical(report, reply, submission, profile))
-        for measure, request in zip(reply.regimes, requests, strict=False):
+        for measure, request in zip(reply.regimes, requests, strict=True):
             found = _budget_problems(measure, request)
             if measure.failure is not None:
                 found.append(_stage_problem(measure.failure, f"regime {request.name}"))
             problems.extend(found)
             report.regimes.append(_regime_identity(measure, request, found))
-        if len(reply.regimes) != len(requests):
-            problems.append(_sandbox_problem(result, result.log_tail))
-    report.problems = [p.to_dict() for p in problems]
+    report.problems = problems
     report.ok = not problems
     return report
 
@@ -368,6 +374,9 @@ def add_identify_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help="wall-clock limit in seconds (default: %(default)s)",
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads in the sandbox (default: %(default)s)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -386,7 +395,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_identify(args: argparse.Namespace) -> int:
     submission = load_submission(args.path)  # a rejected submission raises: `prism check` shows why
-    report = identify(submission, load_profile(args.profile), regimes=args.regime, timeout_s=args.timeout)
+    report = identify(
+        submission,
+        load_profile(args.profile),
+        regimes=args.regime,
+        timeout_s=args.timeout,
+        threads=args.threads,
+    )
     if args.json:
         print(json.dumps(report.model_dump(mode="json"), indent=2, sort_keys=True))
     else:
@@ -429,5 +444,4 @@ def print_identify(report: IdentifyReport, label: str) -> None:
         )  # fmt: skip
     console.print(table)
     for problem in report.problems:
-        where = f" ({problem['file']}:{problem['line']})" if problem.get("file") else ""
-        print(f"[{problem['code']}] {problem['message']}{where}")
+        print(problem)

@@ -85,7 +85,11 @@ def _build_checks(report: CheckReport, args: argparse.Namespace) -> Any:
     if report.submission is None:
         return None
     return identify(
-        report.submission, load_profile(args.profile), regimes=args.regime, timeout_s=args.timeout
+        report.submission,
+        load_profile(args.profile),
+        regimes=args.regime,
+        timeout_s=args.timeout,
+        threads=args.threads,
     )
 
 

@@ -238,7 +238,7 @@ def _measure_regime(
         if spec.build:
             stage = "forward"
             _forward_backward(model, ctx, measure)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: submission code may call exit()
         measure.failure = _failure(exc.stage if isinstance(exc, _StageError) else stage, exc, root)
     finally:
         del model
@@ -260,7 +260,7 @@ def _measure_canonical(architecture: Any, spec: IdentifySpec, root: Path) -> Can
         graph = record_architecture(model, ctx)
         measure.family_id, measure.version_id = graph.family_id, graph.version_id
         measure.parameter_count, measure.flops_per_token = graph.parameter_count, graph.flops_per_token
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: submission code may call exit()
         measure.failure = _failure(exc.stage if isinstance(exc, _StageError) else stage, exc, root)
     measure.seconds = time.perf_counter() - started
     return measure
