@@ -8,7 +8,7 @@ submission that goes over the budget (the numbers, and how they were chosen, are
 docs/submissions.md, "Information budget", and docs/security.md, "Smuggling"):
 
 * string and bytes literals (one literal, and all of them together), docstrings apart;
-* docstrings (one, and all of them together);
+* docstrings: every string that stands alone as a statement (one, and all of them together);
 * comments (all of them together);
 * numbers: numeric constants inside one list/tuple/set/dict display, and the source characters
   of all numeric literals together;
@@ -34,7 +34,6 @@ from prism.submission.errors import Problem
 from prism.submission.limits import IntakeLimits
 
 _DISPLAYS = (ast.List, ast.Tuple, ast.Set, ast.Dict)
-_DOC_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 class BudgetUsage(BaseModel):
@@ -83,18 +82,15 @@ class _Tally:
 
 
 def _docstring_nodes(tree: ast.Module) -> set[int]:
-    """ids of the Constant nodes that are docstrings (first statement of a module, class or def)."""
-    found: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, _DOC_OWNERS) and node.body:
-            first = node.body[0]
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                found.add(id(first.value))
-    return found
+    """ids of the Constant nodes that are docstrings: every string that stands alone as a
+    statement (the docstring of a module, class or function, and prose strings elsewhere)."""
+    return {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    }
 
 
 def _literal_size(value: str | bytes) -> int:
