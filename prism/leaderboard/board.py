@@ -4,8 +4,10 @@ Numbers come from the validator's stored standings (``prism.store.Store.record_s
 from run manifests the validator wrote and recorded. Two columns are shown only where the store
 or the manifests carry them (``None`` otherwise, rendered as ``-``):
 
-* the paired standard error of a family's held-out bpb: the first of ``STDERR_FIELDS`` present
-  on the family's standings row;
+* the paired comparisons of newer scoring rules: ``PAIRED_FAMILY_FIELDS`` on a family's
+  standings row (the difference that decided the lead, and the canonical version's, each with
+  its standard error; the improver holding the canonical version) and ``stderr_bpb`` /
+  ``pending`` on a variant's;
 * the compute ratio (training compute the host measured, over this validator's calibration):
   the first of ``COMPUTE_RATIO_FIELDS`` on the standings row, else the mean ``compute.ratio``
   of the canonical version's reference-recipe manifests when every one of them records it.
@@ -26,9 +28,9 @@ from prism.manifest import RunManifest
 
 logger = logging.getLogger(__name__)
 
-STDERR_FIELDS = ("heldout_bpb_stderr", "paired_stderr_bpb", "stderr_bpb")
+PAIRED_FAMILY_FIELDS = ("lead_difference_bpb", "lead_stderr_bpb", "canonical_difference_bpb",
+                        "canonical_stderr_bpb", "canonical_hotkey")  # fmt: skip
 COMPUTE_RATIO_FIELDS = ("compute_ratio",)
-VARIANT_STDERR_FIELDS = ("improvement_stderr_bpb", "stderr_bpb")
 API = "/api/v1"
 
 
@@ -117,7 +119,7 @@ class Board:
             "family_id": fid, "owner_hotkey": family["owner_hotkey"],
             "owner_zip_sha256": family["owner_zip_sha256"], "founded_block": family["founded_block"],
             "canonical_version_id": family["canonical_version_id"], "heldout_bpb": family["heldout_bpb"],
-            "heldout_bpb_stderr": first_present(family, STDERR_FIELDS), "probe_bpb": family["probe_bpb"],
+            "probe_bpb": family["probe_bpb"], **{name: family.get(name) for name in PAIRED_FAMILY_FIELDS},
             "compute_ratio": first_present(family, COMPUTE_RATIO_FIELDS), "runs": family["runs"],
             "leader": bool(family["leader"]), "code": self._code_info(family),
         }  # fmt: skip
@@ -153,7 +155,7 @@ class Board:
     def variant_rows(self, family_id: str | None = None) -> list[dict[str, Any]]:
         return [
             {**row, "qualifies": bool(row["qualifies"]), "best": bool(row["best"]),
-             "improvement_stderr_bpb": first_present(row, VARIANT_STDERR_FIELDS)}
+             "stderr_bpb": row.get("stderr_bpb"), "pending": bool(row.get("pending"))}
             for row in self.reader.variants(family_id)
         ]  # fmt: skip
 

@@ -47,6 +47,13 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _diff(difference: float | None, stderr: float | None) -> str:
+    """A paired difference (incumbent minus challenger bpb) with its standard error."""
+    if difference is None:
+        return "-"
+    return f"{difference:+.4f}" + ("" if stderr is None else f" ± {stderr:.4f}")
+
+
 def _short(value: str | None) -> str:
     if value is None:
         return "-"
@@ -129,7 +136,7 @@ def _counts(counts: Mapping[str, int]) -> str:
 
 
 def families_table(families: Sequence[Mapping[str, Any]]) -> str:
-    headers = ("#", "family", "owner", "canonical version", "held-out bpb", "± s.e.", "compute ratio",
+    headers = ("#", "family", "owner", "canonical version", "held-out bpb", "lead Δ ± s.e.", "compute ratio",
                "probe bpb", "runs", "founded", "code")  # fmt: skip
     rows = []
     for f in families:
@@ -140,7 +147,7 @@ def families_table(families: Sequence[Mapping[str, Any]]) -> str:
             _td(e(f["rank"]), num=True), _td(_link(family_href(f["family_id"]), e(f["family_id"]), raw_text=True)
                                              + leader),
             _td(_hotkey(f["owner_hotkey"])), _td(_short(f["canonical_version_id"])),
-            _td(_num(f["heldout_bpb"]), num=True), _td(_num(f["heldout_bpb_stderr"]), num=True),
+            _td(_num(f["heldout_bpb"]), num=True), _td(_diff(f["lead_difference_bpb"], f["lead_stderr_bpb"]), num=True),
             _td(_num(f["compute_ratio"], 2), num=True), _td(_num(f["probe_bpb"]), num=True),
             _td(e(f["runs"]), num=True), _td(e(f["founded_block"]), num=True), _td(download),
         ]  # fmt: skip
@@ -159,8 +166,8 @@ def variants_table(variants: Sequence[Mapping[str, Any]]) -> str:
             _td(_link(family_href(v["family_id"]), e(v["family_id"]), raw_text=True)),
             _td(_hotkey(v["hotkey"])), _td(_short(v["version_id"])),
             _td(_num(v["baseline_bpb"]), num=True), _td(_num(v["variant_bpb"]), num=True),
-            _td(_num(v["improvement_bpb"]), num=True), _td(_num(v["improvement_stderr_bpb"]), num=True),
-            _td(_num(v["margin_bpb"]), num=True), _td("yes" if v["qualifies"] else "no"),
+            _td(_num(v["improvement_bpb"]), num=True), _td(_num(v["stderr_bpb"]), num=True),
+            _td(_num(v["margin_bpb"]), num=True), _td("pending" if v["pending"] else ("yes" if v["qualifies"] else "no")),
             _td('<span class="tag">best</span>' if v["best"] else ""), _td(e(v["commit_block"]), num=True),
         ]  # fmt: skip
         rows.append(({"data-family-id": v["family_id"], "data-hotkey": v["hotkey"]}, cells))
@@ -193,7 +200,10 @@ def family_page(data: Mapping[str, Any], origin: str) -> str:
     )
     facts = {
         "owner": f["owner_hotkey"], "canonical version": f["canonical_version_id"],
-        "held-out bpb": _num(f["heldout_bpb"]), "± s.e.": _num(f["heldout_bpb_stderr"]),
+        "held-out bpb": _num(f["heldout_bpb"]),
+        "lead: paired difference ± s.e.": _diff(f["lead_difference_bpb"], f["lead_stderr_bpb"]),
+        "canonical: paired difference ± s.e.": _diff(f["canonical_difference_bpb"], f["canonical_stderr_bpb"]),
+        "canonical version held by": f["canonical_hotkey"] or f["owner_hotkey"],
         "compute ratio": _num(f["compute_ratio"], 2), "probe bpb": _num(f["probe_bpb"]),
         "founded at block": f["founded_block"], "leader": "yes" if f["leader"] else "no",
     }  # fmt: skip

@@ -88,8 +88,19 @@ def _submit(store: Store, runs_dir: Path, hotkey: str, block: int, zip_bytes: by
     return sha
 
 
-def build_scored_store(root: Path) -> dict[str, Any]:
-    """Three families (mixer leads, GPT by a hostile hotkey, one without its blob) and a GPT variant."""
+def _with_compute(manifests: list[RunManifest], ratios: list[float] | None) -> list[RunManifest]:
+    """The host's compute record (manifests of PRISMs that measure compute) with these ratios."""
+    if ratios is None:
+        return manifests
+    return [RunManifest.model_validate({**m.model_dump(), "compute": {"kind": "cpu_s", "measured_s": 10.0 * r,
+            "expected_s": 10.0, "ratio": r}}) for m, r in zip(manifests, ratios, strict=True)]  # fmt: skip
+
+
+def build_scored_store(root: Path, mixer_compute: list[float] | None = None) -> dict[str, Any]:
+    """Three families (mixer leads, GPT by a hostile hotkey, one without its blob) and a GPT variant.
+
+    ``mixer_compute``: compute ratios recorded in the mixer's four manifests (none by default).
+    """
     b = _load_manifest_builders()
     gpt, mixer, recipe = (
         load_submission(REPO / "examples" / name) for name in ("gpt", "mixer", "gpt_recipe")
@@ -103,7 +114,8 @@ def build_scored_store(root: Path) -> dict[str, Any]:
             "gpt": _submit(store, runs, HOSTILE_HOTKEY, 10, gpt.zip_bytes, "gpt", "full",
                            b.full_grid("gpt", b.grid((1.40, 1.42), (1.30, 1.32)), kind="full", **g)),
             "mixer": _submit(store, runs, "5Mixer", 11, mixer.zip_bytes, "mixer", "architecture_only",
-                             b.full_grid("mixer", b.grid((1.30, 1.31), (1.20, 1.21)), kind="architecture_only", **m)),
+                             _with_compute(b.full_grid("mixer", b.grid((1.30, 1.31), (1.20, 1.21)),
+                                                       kind="architecture_only", **m), mixer_compute)),
             "gone": _submit(store, runs, "5Gone", 12, None, "gone", "architecture_only",
                             b.full_grid("gone", b.grid((1.5, 1.5), (1.4, 1.4)), kind="architecture_only", **gone)),
             "recipe": _submit(store, runs, "5Recipe", 13, recipe.zip_bytes, "recipe", "training_for_arch",

@@ -15,6 +15,7 @@ import pytest
 from leaderboard_helpers import HOSTILE_HOTKEY, build_scored_store
 
 from prism.leaderboard.bundle import build_family_zip, read_family_zip
+from prism.manifest import RunManifest
 from prism.store import Store
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -52,7 +53,7 @@ def test_api_shows_families_variants_and_weights_from_the_store(scored_store, se
     mixer = board["families"][0]
     assert mixer["heldout_bpb"] == pytest.approx((1.30 + 1.31 + 1.20 + 1.21) / 4)
     # neither the standings nor these manifests carry them: shown as absent, never invented
-    assert mixer["heldout_bpb_stderr"] is None and mixer["compute_ratio"] is None
+    assert mixer["lead_stderr_bpb"] is None and mixer["compute_ratio"] is None
     assert [(v["hotkey"], v["best"], v["qualifies"]) for v in board["variants"]] == [("5Recipe", True, True)]
     assert board["variants"][0]["improvement_bpb"] == pytest.approx(0.1025)
     assert board["weights"]["block"] == 80 and board["submissions"]["total"] == 4
@@ -61,6 +62,18 @@ def test_api_shows_families_variants_and_weights_from_the_store(scored_store, se
     history = _json(f"{url}/api/v1/weights?limit=5")
     assert [w["block"] for w in history] == [80, 40]
     assert [v["family_id"] for v in _json(f"{url}/api/v1/variants?family={fams['gpt']}")] == [fams["gpt"]]
+
+
+def test_the_compute_ratio_is_the_mean_the_canonical_runs_record(tmp_path: Path, serve) -> None:
+    if "compute" not in RunManifest.model_fields:
+        pytest.skip("this PRISM's run manifests do not record the host-measured compute yet")
+    store = build_scored_store(tmp_path, mixer_compute=[1.0, 1.2, 1.4, 1.6])
+    url = serve(store["state"]).url
+    families = {f["family_id"]: f for f in _json(f"{url}/api/v1/families")}
+    assert families[store["families"]["mixer"]]["compute_ratio"] == pytest.approx(1.3)
+    assert families[store["families"]["gpt"]]["compute_ratio"] is None  # its runs record none
+    status, _, page = _get(url + "/")
+    assert status == 200 and ">1.30<" in page.decode()
 
 
 def test_code_zip_is_the_canonical_architecture_deterministically(scored_store, serve) -> None:
