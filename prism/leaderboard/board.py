@@ -123,8 +123,8 @@ class Board:
             "compute_ratio": first_present(family, COMPUTE_RATIO_FIELDS), "runs": family["runs"],
             "leader": bool(family["leader"]), "code": self._code_info(family),
         }  # fmt: skip
-        if summary["compute_ratio"] is None and summary["code"] is not None:
-            summary["compute_ratio"] = self._compute_ratio(summary["code"]["source_zip_sha256"])
+        if summary["compute_ratio"] is None:
+            summary["compute_ratio"] = self._compute_ratio(family)
         return summary
 
     def _code_info(self, family: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -141,7 +141,12 @@ class Board:
             "files": code.code_files(),
         }
 
-    def _compute_ratio(self, zip_sha256: str) -> float | None:
+    def _compute_ratio(self, family: Mapping[str, Any]) -> float | None:
+        """Mean ``compute.ratio`` of the canonical version's reference runs, if every one records it."""
+        try:
+            zip_sha256 = self._canonical_version(family)["zip_sha256"]
+        except PrismError:
+            return None
         ratios = []
         for _, manifest in self._manifests_of(zip_sha256):
             if manifest.recipe_mode != "reference":

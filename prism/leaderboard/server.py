@@ -37,7 +37,8 @@ from prism.errors import OperatorError, PrismError
 from prism.leaderboard import pages
 from prism.leaderboard.board import API, Board, run_summary
 from prism.leaderboard.bundle import FAMILY_ID_PATTERN
-from prism.leaderboard.reader import StoreReader
+from prism.leaderboard.reader import RunEntry, StoreReader
+from prism.manifest import RunManifest
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _family_detail(request: web.Request) -> dict[str, Any]:
     return detail
 
 
-def _run(request: web.Request) -> tuple[Any, Any]:
+def _run(request: web.Request) -> tuple[RunEntry, RunManifest]:
     run_id = _run_id(request)
     found = _board(request).run(run_id)
     if found is None:
