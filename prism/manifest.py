@@ -21,7 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prism.errors import InfrastructureFault
 
-SCHEMA_VERSION = "prism_run_manifest.v1"
+#: The manifest schema. v2 (evaluator 0.2): host-fed training data, the forge-proof reveal, prefix
+#: replay, host-counted budgets and host-measured compute. Scoring refuses official runs of an
+#: older schema (their numbers were computed inside a process that ran submission code).
+SCHEMA_VERSION = "prism_run_manifest.v2"
+LEGACY_SCHEMA_VERSIONS = ("prism_run_manifest.v1",)
+#: The file name is part of the submission contract and stays as it is across schema versions.
 MANIFEST_FILENAME = "prism_run_manifest.v1.json"
 
 RecipeMode = Literal["reference", "submitted"]
@@ -141,6 +146,12 @@ class Metrics(_Strict):
         default=None, description="mean online probe bpb over the last half of training"
     )
     first_probe_loss_nats: float | None = None
+    early_probe_loss_nats: float | None = Field(
+        default=None, description="lowest probe loss over the first smuggle_early_fraction of training"
+    )
+    probe_source: Literal["train_loss", "inference"] | None = Field(
+        default=None, description="train_loss: the update's own loss before the step (reference recipe)"
+    )
     final_train_loss_nats: float | None = None
     train_bpb: float | None = Field(default=None, description="probe bpb at the end of training")
     train_heldout_gap_bpb: float | None = None
@@ -153,14 +164,54 @@ class Metrics(_Strict):
     layer_count: int | None = None
     flops_per_token: float | None = None
     nonfinite_loss: bool = False
+    nonfinite_step: int | None = Field(default=None, description="first step whose loss was not finite")
 
-    @field_validator("heldout_bpb", "probe_bpb", "first_probe_loss_nats", "train_bpb")
+    @field_validator(
+        "heldout_bpb", "probe_bpb", "first_probe_loss_nats", "early_probe_loss_nats", "train_bpb"
+    )
     @classmethod
     def _finite_or_none(cls, value: float | None) -> float | None:
         # JSON cannot carry NaN; a non-finite measurement is recorded as None plus nonfinite_loss.
         if value is not None and not math.isfinite(value):
             raise ValueError("metric must be finite (record non-finite results via nonfinite_loss)")
         return value
+
+
+class ComputeRecord(_Strict):
+    """Training compute as the host measured it from outside, against its own calibration."""
+
+    kind: Literal["cpu_s", "wall_s"] = Field(description="cpu_s: CPU seconds of the tree; wall_s: GPU runs")
+    measured_s: float
+    expected_s: float | None = Field(default=None, description="the calibrated reference at this budget")
+    ratio: float | None = Field(default=None, description="measured / expected")
+    cap: float | None = Field(default=None, description="the profile's cap on the ratio (None: not enforced)")
+    calibration_key: str | None = None
+
+
+class BudgetRecord(_Strict):
+    """Budgets counted by the host from the trained weights file (every tensor, each storage once)."""
+
+    parameter_count: int
+    layer_count: int
+    tensors: int
+    weights_bytes: int
+
+
+class IntegrityRecord(_Strict):
+    """How the held-out measurement was checked (see docs/evaluator_measurement.md)."""
+
+    positions: int = 0
+    spot_rows: int = Field(default=0, description="logit rows the host recomputed after z was committed")
+    spot_fraction: float = 0.0
+    lie_survival_bound: float | None = Field(
+        default=None, description="bound on the chance a lie moving bpb by lie_shift_bpb survives the spots"
+    )
+    lie_shift_bpb: float | None = None
+    replay_pairs: int = 0
+    replay_positions: int = 0
+    replay_max_deviation_nats: float | None = None
+    replay_tolerance_nats: float | None = None
+    clipped_positions: int = Field(default=0, description="positions whose loss hit the per-position cap")
 
 
 class Diagnostics(_Strict):
@@ -170,6 +221,10 @@ class Diagnostics(_Strict):
     sandbox_probe: str | None = Field(default=None, description="what the launcher found (bwrap, cgroups)")
     exit_codes: dict[str, int | None] = Field(default_factory=dict)
     log_truncated: bool = False
+    advisory: list[str] = Field(
+        default_factory=list,
+        description="in-process checks that flagged something (evidence only, never a verdict)",
+    )
     notes: list[str] = Field(default_factory=list)
 
 
@@ -195,11 +250,26 @@ class Validation(_Strict):
         return self
 
 
+class Frame(_Strict):
+    """One stack frame of the submission's own code (paths relative to the submission root)."""
+
+    file: str
+    line: int
+    function: str
+    code: str | None = Field(default=None, description="the source line, stripped")
+
+
 class Failure(_Strict):
     code: str
     fault: Fault
     message: str
     phase: str | None = None
+    frames: list[Frame] = Field(
+        default_factory=list, description="the miner's own stack frames, innermost last (evidence)"
+    )
+    observed: str | None = Field(
+        default=None, description="what the host itself observed that decided the fault, if anything"
+    )
 
 
 class Status(_Strict):
@@ -230,7 +300,8 @@ class Artifacts(_Strict):
 
 
 class RunManifest(_Strict):
-    schema_version: Literal["prism_run_manifest.v1"] = SCHEMA_VERSION
+    schema_version: Literal["prism_run_manifest.v1", "prism_run_manifest.v2"] = SCHEMA_VERSION
+    evaluator_version: str | None = Field(default=None, description="prism version of the host that wrote it")
     run_id: str
     created_at: str = Field(description="ISO-8601 UTC; informational, never used for scoring")
     competition: Competition
@@ -248,11 +319,18 @@ class RunManifest(_Strict):
     training_files: list[str] = Field(default_factory=list)
     timings_s: dict[str, float] = Field(default_factory=dict)
     metrics: Metrics = Field(default_factory=Metrics)
+    compute: ComputeRecord | None = None
+    budget: BudgetRecord | None = None
+    integrity: IntegrityRecord | None = None
     diagnostics: Diagnostics = Field(default_factory=Diagnostics)
     comparability: Comparability
     validation: Validation
     status: Status
     artifacts: Artifacts = Field(default_factory=Artifacts)
+
+    @property
+    def is_current_schema(self) -> bool:
+        return self.schema_version == SCHEMA_VERSION
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

@@ -17,6 +17,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One PRISM cache per test session (compute calibrations are shared by its tests, and a
+    developer's own ~/.cache/prism is never touched)."""
+    if "PRISM_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["PRISM_CACHE_DIR"] = tempfile.mkdtemp(prefix="prism-test-cache-")
+
+
 @pytest.fixture(scope="session")
 def outside_targets() -> list[tuple[str, int]]:
     """Addresses outside this machine that containment tests try to reach from the sandbox.

@@ -9,8 +9,6 @@ the held-out evaluation hand out identical contexts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,16 +47,23 @@ class ContextValues(_Strict):
     checkpoint_dir: str | None = None
     resume_checkpoint_dir: str | None = None
     checkpoint_metadata: dict[str, Any] = Field(default_factory=dict)
+    train_tokens: int | None = None
 
 
 class RunSpec(_Strict):
-    """Everything the runner needs; written by the host as ``run_spec.json`` (read-only inside)."""
+    """Everything the runner needs; written by the host as ``run_spec.json`` (read-only inside).
+
+    It names no data: the runner gets its batches from the host over ``feed_socket``.
+    """
 
     run_id: str
-    submission_dir: str
-    architecture_entrypoint: str
+    submission_dir: str | None = Field(default=None, description="None with builtin_model")
+    architecture_entrypoint: str = "model.py"
     training_entrypoint: str | None = None
-    data_dir: str
+    builtin_model: Literal["reference"] | None = Field(
+        default=None, description="train PRISM's reference GPT instead of a submission (calibration)"
+    )
+    feed_socket: str
     out_dir: str
     recipe_mode: Literal["reference", "submitted"]
     regime: Regime
@@ -100,10 +105,13 @@ class CheckpointInfo(_Strict):
 
 
 class RunnerFailure(_Strict):
+    """What the runner says went wrong: evidence for the host's verdict, never the verdict."""
+
     code: str
     fault: Literal["miner", "infrastructure"]
     message: str
     phase: str
+    frames: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RunnerReport(_Strict):
@@ -131,6 +139,8 @@ class RunnerReport(_Strict):
     bytes: int = 0
     final_train_loss_nats: float | None = None
     nonfinite_loss: bool = False
+    nonfinite_step: int | None = None
+    probe_source: Literal["train_loss", "inference"] | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
     checkpoint: CheckpointInfo | None = None
     resumed_from_step: int | None = None
@@ -150,6 +160,7 @@ def make_context(
     resume_checkpoint_dir: str | None = None,
     attempt: int | None = None,
     checkpoint_metadata: dict[str, Any] | None = None,
+    total_steps: int | None = None,
 ) -> PrismContext:
     """Build the :class:`PrismContext` a submission sees from a regime's values or the canonical context.
 
@@ -179,21 +190,6 @@ def make_context(
         checkpoint_metadata=dict(
             checkpoint_metadata if checkpoint_metadata is not None else data.get("checkpoint_metadata") or {}
         ),
+        train_tokens=data.get("train_tokens"),
+        total_steps=total_steps,
     )
-
-
-def make_run_id(
-    *,
-    zip_sha256: str,
-    profile_key: str,
-    regime: str,
-    seed: int,
-    recipe_mode: str,
-    heldout_seed: int,
-    attempt: int,
-) -> str:
-    """Deterministic run id, so a restarted validator finds (and skips) the runs it already finished."""
-    key = json.dumps(
-        [zip_sha256, profile_key, regime, seed, recipe_mode, heldout_seed, attempt], separators=(",", ":")
-    )
-    return "run-" + hashlib.sha256(key.encode()).hexdigest()[:24]

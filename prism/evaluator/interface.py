@@ -24,6 +24,7 @@ entrypoint (single-file submissions keep everything in one module):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,10 +99,60 @@ class PrismContext:
     distributed_backend: str | None = None
     device: str = "cpu"
     checkpoint_metadata: dict[str, Any] = field(default_factory=dict)
+    #: Training tokens of this run (all ranks together): the regime's token budget.
+    train_tokens: int | None = None
+    #: Optimizer updates this run will make. ``None`` while ``build_model`` and ``get_recipe`` run
+    #: (the update count follows from the batch size the recipe declares); set for every hook.
+    total_steps: int | None = None
 
     @property
     def is_main_process(self) -> bool:
         return self.rank == 0
+
+
+class Batch(Mapping[str, Any]):
+    """What hooks receive: ``batch["input_ids"]`` (B, T) and ``batch["targets"]`` (B, T).
+
+    Projects written for PRISM v1 read the same tensors as attributes: ``batch.tokens`` (the
+    inputs), ``batch.targets`` and ``batch.metadata`` (a dict, ``{}`` unless stated). The
+    inference path gets no targets: ``"targets" not in batch`` and ``batch.targets is None``.
+    """
+
+    __slots__ = ("_items", "_metadata")
+
+    def __init__(self, input_ids: Any, targets: Any = None, metadata: dict[str, Any] | None = None) -> None:
+        self._items: dict[str, Any] = {"input_ids": input_ids}
+        if targets is not None:
+            self._items["targets"] = targets
+        self._metadata = dict(metadata or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def input_ids(self) -> Any:
+        return self._items["input_ids"]
+
+    @property
+    def tokens(self) -> Any:
+        return self._items["input_ids"]
+
+    @property
+    def targets(self) -> Any:
+        return self._items.get("targets")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def __repr__(self) -> str:
+        return f"Batch(keys={list(self._items)})"
 
 
 def coerce_recipe(value: TrainingRecipe | dict[str, Any]) -> TrainingRecipe:
@@ -119,6 +170,7 @@ __all__ = [
     "HOOK_NAMES",
     "HOOK_SIGNATURES",
     "REQUIRED_FUNCTIONS",
+    "Batch",
     "PrismContext",
     "TrainingRecipe",
     "coerce_recipe",

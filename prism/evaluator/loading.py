@@ -8,8 +8,9 @@ Definitions shared by the runner and the held-out evaluation:
 * **Hook resolution**: each optional hook is looked up in the training entrypoint first, then in
   the architecture entrypoint (single-file submissions keep everything in one module).
 * **Inference path**: ``inference_logits(model, batch, ctx)`` if present, else
-  ``infer(model, batch, ctx)``, else ``model(input_ids)``; ``batch`` is
-  ``{"input_ids": LongTensor (B, T)}`` (targets are never shown to the inference path).
+  ``infer(model, batch, ctx)``, else ``model(input_ids)``; ``batch`` is a
+  :class:`~prism.evaluator.interface.Batch` with ``batch["input_ids"]`` (``batch.tokens``), a
+  LongTensor (B, T); targets are never shown to the inference path.
   It must return floating logits of shape ``(B, T, V)``.
 * **Parameter count**: every parameter tensor counted once, even when tied or shared.
 * **Layer count**: see :func:`count_layers`.
@@ -27,7 +28,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from prism.errors import MinerFault
-from prism.evaluator.interface import HOOK_NAMES
+from prism.evaluator.interface import HOOK_NAMES, Batch
+from prism.evaluator.untrusted import as_submission_error, set_submission_root
 
 if TYPE_CHECKING:
     import torch
@@ -69,9 +71,7 @@ def _import_entrypoint(root: Path, entrypoint: str) -> ModuleType:
     except BaseException as exc:  # anything the submission raises at import (even SystemExit) is its fault
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise MinerFault(
-            f"importing {entrypoint} failed: {type(exc).__name__}: {exc}", code="eval.import_failed"
-        ) from exc
+        raise as_submission_error("eval.import_failed", f"importing {entrypoint}", exc) from exc
 
 
 def load_submission_modules(
@@ -83,6 +83,7 @@ def load_submission_modules(
     exactly as they do when the miner runs the file from its own directory.
     """
     root = Path(root).resolve()
+    set_submission_root(root)
     search = [str(_module_stem(root, architecture_entrypoint)[0])]
     if training_entrypoint:
         search.append(str(_module_stem(root, training_entrypoint)[0]))
@@ -212,5 +213,5 @@ def inference_logits(
     """Logits (B, T, V) through the submission's inference path (see the module docstring)."""
     path = inference_path_name(hooks)
     batch_size, seq_len = input_ids.shape
-    out = model(input_ids) if path == "forward" else hooks[path](model, {"input_ids": input_ids}, ctx)
+    out = model(input_ids) if path == "forward" else hooks[path](model, Batch(input_ids), ctx)
     return check_logits(out, batch=batch_size, seq_len=seq_len, vocab_size=ctx.vocab_size, where=path)

@@ -184,6 +184,8 @@ class SandboxResult:
     killed: bool = False  # SandboxProcess.kill() was called by the host
     peak_memory_bytes: int | None = None
     log_bytes_written: int = 0
+    cpu_s: float = 0.0  # user + system CPU of the whole tree, measured by the host
+    cpu_accounted: bool = False  # cpu_s covers the whole tree (cgroup cpuacct, or wait4 when degraded)
 
     @property
     def ok(self) -> bool:
@@ -620,10 +622,38 @@ class SandboxProcess:
     stdout = protocol
 
     def poll(self) -> int | None:
-        return self._popen.poll()
+        """The exit status if the tree's main process has ended, else None. Never reaps it: only
+        :meth:`wait` does, with ``wait4``, so the CPU time of the whole tree is not lost."""
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self._popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self._popen.returncode
+        if info is None:
+            return None
+        return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
+
+    def _reap(self) -> tuple[int, float]:
+        """Wait for the main process; (returncode as Popen reports it, CPU seconds of the tree).
+
+        ``wait4`` returns the resource usage of the process and of every descendant that was
+        waited for (torchrun waits for its workers, bwrap's init for everything in the pid
+        namespace), so this is the CPU the sandboxed tree used, measured from outside.
+        """
+        while True:
+            try:
+                _, status, usage = os.wait4(self._popen.pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:  # reaped elsewhere (should not happen): no CPU figure
+                return (self._popen.returncode if self._popen.returncode is not None else -1), 0.0
+        self._popen.returncode = os.waitstatus_to_exitcode(status)
+        return self._popen.returncode, usage.ru_utime + usage.ru_stime
 
     def _on_deadline(self) -> None:
-        if self._popen.poll() is None:
+        if self.poll() is None:
             logger.warning(
                 "sandbox pid %d passed its %.1f s wall limit; killing", self.pid, self.spec.limits.wall_s
             )
@@ -657,7 +687,10 @@ class SandboxProcess:
             return self._result
 
     def _finish(self) -> SandboxResult:
-        returncode = self._popen.wait()
+        returncode, cpu_s = self._reap()
+        # wait4 sees the whole tree only without bwrap: bwrap's outer process does not reap its
+        # namespace's init, so under bwrap only a cgroup's CPU accounting counts the tree.
+        cpu_accounted = self.isolation.mode == "degraded"
         wall_s = time.monotonic() - self._started
         self._watchdog.cancel()
         # Anything that outlived the main process goes now, which also closes the log pipe's last
@@ -684,6 +717,9 @@ class SandboxProcess:
                 sig == signal.SIGKILL and self._cgroup.memory_limit_hit() and not self._timed_out
             )
             pids_limited = self._cgroup.pids_limit_hit()
+            group_cpu = self._cgroup.cpu_seconds()  # the whole group, even what wait4 cannot see
+            cpu_accounted = group_cpu is not None or cpu_accounted
+            cpu_s = group_cpu if group_cpu is not None else cpu_s
             self._cgroup.remove()
         tail = self._log.tail()
         if not memory_exceeded and self._address_space_limited() and exit_code not in (0, None):
@@ -716,6 +752,8 @@ class SandboxProcess:
             killed=self._killed,
             peak_memory_bytes=peak,
             log_bytes_written=self._log.written,
+            cpu_s=cpu_s,
+            cpu_accounted=cpu_accounted,
         )
 
     def _address_space_limited(self) -> bool:
@@ -737,7 +775,7 @@ class SandboxProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._popen.poll() is None:
+        if self.poll() is None:
             self.kill()
         self.wait()
 

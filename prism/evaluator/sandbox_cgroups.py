@@ -41,6 +41,8 @@ class CgroupSupport:
     memory_root: Path | None
     pids_root: Path | None
     detail: str
+    #: v1 only: where per-run cpuacct groups go (v2 groups always carry cpu.stat).
+    cpuacct_root: Path | None = None
 
     @property
     def memory(self) -> bool:
@@ -125,8 +127,11 @@ def detect_cgroups() -> CgroupSupport:
     if "pids" in v1:
         pids_root = _writable_parent(v1["pids"], own.get("pids", "/"), ("pids.max",))
     if memory_root or pids_root:
+        cpuacct_root = None
+        if "cpuacct" in v1:
+            cpuacct_root = _writable_parent(v1["cpuacct"], own.get("cpuacct", "/"), ("cpuacct.usage",))
         detail = f"cgroup v1: memory={'yes' if memory_root else 'no'}, pids={'yes' if pids_root else 'no'}"
-        return CgroupSupport(1, memory_root, pids_root, detail)
+        return CgroupSupport(1, memory_root, pids_root, detail, cpuacct_root)
     for fstype, mnt, _ in mounts:
         if fstype != "cgroup2":
             continue
@@ -178,6 +183,7 @@ class RunCgroup:
     support: CgroupSupport
     memory_dir: Path | None = None
     pids_dir: Path | None = None
+    cpu_dir: Path | None = None
     _removed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -202,6 +208,10 @@ class RunCgroup:
             run.pids_dir = run.memory_dir if same else cls._make(support.pids_root / name)
             if run.pids_dir is not None:
                 _write(run.pids_dir / "pids.max", str(pids))
+        if support.version == 2:
+            run.cpu_dir = run.memory_dir or run.pids_dir
+        elif support.cpuacct_root is not None:
+            run.cpu_dir = cls._make(support.cpuacct_root / name)
         return run
 
     @staticmethod
@@ -227,10 +237,24 @@ class RunCgroup:
     def has_memory_limit(self) -> bool:
         return self.memory_dir is not None
 
+    def _dirs(self) -> set[Path]:
+        return {d for d in (self.memory_dir, self.pids_dir, self.cpu_dir) if d is not None}
+
     def procs_files(self) -> list[Path]:
         """The ``cgroup.procs`` files the launcher writes its own pid into before exec."""
-        dirs = {d for d in (self.memory_dir, self.pids_dir) if d is not None}
-        return sorted(d / "cgroup.procs" for d in dirs)
+        return sorted(d / "cgroup.procs" for d in self._dirs())
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) every process of the group used, or None when not accounted."""
+        if self.cpu_dir is None:
+            return None
+        try:
+            if self.support.version == 1:
+                return int((self.cpu_dir / "cpuacct.usage").read_text(encoding="ascii")) / 1e9
+        except (OSError, ValueError):
+            return None
+        usage = _read_counter(self.cpu_dir / "cpu.stat", "usage_usec")
+        return usage / 1e6 if usage else None
 
     def _members(self) -> set[int]:
         pids: set[int] = set()
@@ -243,7 +267,7 @@ class RunCgroup:
 
     def kill_all(self) -> None:
         """SIGKILL every process in the run's groups until none is left (or a timeout)."""
-        for directory in {d for d in (self.memory_dir, self.pids_dir) if d is not None}:
+        for directory in self._dirs():
             if (directory / "cgroup.kill").exists():  # v2: one atomic write kills the subtree
                 _write(directory / "cgroup.kill", "1")
         deadline = time.monotonic() + _KILL_TIMEOUT_S
@@ -297,7 +321,7 @@ class RunCgroup:
         if self._removed:
             return
         self.kill_all()
-        for directory in {d for d in (self.memory_dir, self.pids_dir) if d is not None}:
+        for directory in self._dirs():
             deadline = time.monotonic() + _REMOVE_TIMEOUT_S
             while not _rmdir_quietly(directory):
                 if time.monotonic() > deadline:
@@ -323,7 +347,7 @@ def reap_stale_cgroups(support: CgroupSupport, *, prefix: str = RUN_PREFIX) -> l
     delays the reaping to a later start-up.
     """
     reaped: list[Path] = []
-    roots = {r for r in (support.memory_root, support.pids_root) if r is not None}
+    roots = {r for r in (support.memory_root, support.pids_root, support.cpuacct_root) if r is not None}
     for root in roots:
         for group in sorted(root.glob(f"{prefix}-*")):
             if not group.is_dir() or _owner_alive(group.name, prefix):
@@ -331,8 +355,10 @@ def reap_stale_cgroups(support: CgroupSupport, *, prefix: str = RUN_PREFIX) -> l
             orphan = RunCgroup(support)
             if support.memory_root == root:
                 orphan.memory_dir = group
-            else:
+            elif support.pids_root == root:
                 orphan.pids_dir = group
+            else:
+                orphan.cpu_dir = group
             logger.warning("reaping sandbox cgroup %s left by a dead process", group)
             orphan.remove()
             reaped.append(group)

@@ -38,7 +38,26 @@ class Regime(_Strict):
 class HeldoutSpec(_Strict):
     windows: int = Field(gt=0)
     batch_size: int = Field(gt=0)
-    seed: int = Field(description="default held-out sampling seed; each validator may override it")
+    seed: int = Field(
+        description="default held-out sampling seed (local runs; validators use the chain beacon)"
+    )
+    lie_shift_bpb: float = Field(
+        default=0.0005,
+        gt=0.0,
+        description="the smallest bpb shift a forged reveal must not survive (a tenth of the margin)",
+    )
+    lie_survival: float = Field(default=1e-6, gt=0.0, lt=1.0, description="survival bound for such a lie")
+    position_cap_factor: float = Field(
+        default=3.0, gt=0.0, description="each position's loss is capped at factor * ln V nats"
+    )
+    replay_fraction: float = Field(
+        default=0.125, ge=0.0, le=1.0, description="windows re-answered by the replay"
+    )
+    replay_tolerance_nats: float = Field(
+        default=1e-3,
+        gt=0.0,
+        description="largest honest |log p| drift between the main process and the replay",
+    )
 
 
 class ProbeSpec(_Strict):
@@ -55,10 +74,19 @@ class Limits(_Strict):
     fsize_bytes: int = Field(gt=0)
     nofile: int = Field(gt=0)
     log_bytes: int = Field(gt=0)
+    compute_cap: float | None = Field(
+        default=None, gt=1.0, description="training compute may be at most this multiple of the calibration"
+    )
 
 
 class Gates(_Strict):
-    smuggle_factor: float = Field(gt=0.0, lt=1.0, description="first probe loss must exceed factor*ln(V)")
+    smuggle_factor: float = Field(gt=0.0, lt=1.0, description="early probe losses must exceed factor*ln(V)")
+    smuggle_early_fraction: float = Field(
+        default=0.02,
+        gt=0.0,
+        le=1.0,
+        description="the share of training whose probes the smuggling gate reads",
+    )
     max_train_heldout_gap_bpb: float = Field(gt=0.0)
 
 

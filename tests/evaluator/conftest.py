@@ -11,6 +11,9 @@ import pytest
 
 from prism.profiles import load_profile
 
+# --import-mode=importlib does not put test folders on sys.path; the helper modules need it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 WORDS = [
     "the",
     "model",

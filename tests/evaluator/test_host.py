@@ -1,4 +1,4 @@
-"""Host-side pieces that need no training: validation reasons, probe parsing, failure mapping, CLI."""
+"""Host-side pieces that need no training: verdicts, validation reasons, probe parsing, files, CLI."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 
 from prism.cli import build_parser, main
-from prism.evaluator.context import RunnerFailure, RunnerReport
-from prism.evaluator.host import (
-    _read_runner_report,
-    _training_failure,
+from prism.errors import InfrastructureFault, MinerFault
+from prism.evaluator.artifacts import (
+    make_read_only,
+    make_writable,
     read_probe_records,
-    validation_reasons,
+    read_runner_report,
+    read_untrusted,
 )
+from prism.evaluator.context import RunnerFailure, RunnerReport
+from prism.evaluator.framing import ChannelTimeout
+from prism.evaluator.manifest_build import summarize_probes, validation_reasons
 from prism.evaluator.sandbox import IsolationProbe, SandboxResult
+from prism.evaluator.verdicts import Observation, decide
 from prism.manifest import Metrics
 from prism.profiles import load_profile
 
@@ -54,6 +59,18 @@ def _reasons(**overrides) -> list[str]:
             ["gate.smuggled_weights"],
         ),
         ({"metrics": Metrics(heldout_bpb=3.0, probe_bpb=3.0, first_probe_loss_nats=0.51 * LN_V)}, []),
+        # the early curve decides, not only the first point: uniform first, smuggled right after
+        (
+            {
+                "metrics": Metrics(
+                    heldout_bpb=3.0,
+                    probe_bpb=3.0,
+                    first_probe_loss_nats=LN_V,
+                    early_probe_loss_nats=0.3 * LN_V,
+                )
+            },
+            ["gate.smuggled_weights"],
+        ),
         ({"params_changed": True}, ["gate.params_changed_during_eval"]),
         (
             {"metrics": Metrics(heldout_bpb=3.5, probe_bpb=3.0, train_heldout_gap_bpb=0.26)},
@@ -73,8 +90,7 @@ def test_validation_reasons(overrides, expected) -> None:
 
 
 def test_probe_reader_skips_partial_and_junk_lines(tmp_path) -> None:
-    path = tmp_path / "probe.jsonl"
-    path.write_text(
+    (tmp_path / "probe.jsonl").write_text(
         '{"step": 0, "tokens_seen": 0, "loss_nats": 5.5, "bpb": 8.0}\n'
         "garbage\n"
         '{"step": 1}\n'
@@ -82,8 +98,8 @@ def test_probe_reader_skips_partial_and_junk_lines(tmp_path) -> None:
         '{"step": 2, "tokens_seen": 12',  # a write in progress
         encoding="utf-8",
     )
-    assert [r["step"] for r in read_probe_records(path)] == [0, 1]
-    assert read_probe_records(tmp_path / "missing.jsonl") == []
+    assert [r["step"] for r in read_probe_records(tmp_path)] == [0, 1]
+    assert read_probe_records(tmp_path / "missing") == []
 
 
 def _sandbox(**kw) -> SandboxResult:
@@ -100,22 +116,116 @@ def _sandbox(**kw) -> SandboxResult:
     return SandboxResult(**(base | kw))
 
 
-def test_training_failure_trusts_the_sandbox_over_the_runner() -> None:
-    ok_report = RunnerReport(ok=True)
-    assert _training_failure(_sandbox(), ok_report, True) is None
-    # A runner that claims success cannot hide a timeout or a memory kill.
-    assert (
-        _training_failure(_sandbox(timed_out=True, exit_code=None, signal=9), ok_report, True).code
-        == "eval.timeout"
+def _claim(code: str, fault: str = "miner") -> dict:
+    return {
+        "code": code,
+        "fault": fault,
+        "message": "m",
+        "frames": [{"file": "model.py", "line": 3, "function": "f", "code": "x"}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("observation", "expected"),
+    [
+        (Observation("train", hello=True, sandbox=_sandbox()), None),
+        # before hello no submission code had run: ours, whatever happened
+        (
+            Observation("train", hello=False, sandbox=_sandbox(exit_code=1)),
+            ("sandbox.failed_before_hello", "infrastructure"),
+        ),
+        (
+            Observation("heldout", hello=False, sandbox=_sandbox(timed_out=True, exit_code=None)),
+            ("sandbox.failed_before_hello", "infrastructure"),
+        ),
+        # after hello: the miner's, and the sandbox's own verdicts win over the process's words
+        (
+            Observation(
+                "train",
+                hello=True,
+                sandbox=_sandbox(timed_out=True, exit_code=None, signal=9),
+                claimed=_claim("hook.bad_loss"),
+            ),
+            ("eval.timeout", "miner"),
+        ),
+        (
+            Observation("train", hello=True, sandbox=_sandbox(memory_exceeded=True)),
+            ("eval.memory_exceeded", "miner"),
+        ),
+        (
+            Observation("train", hello=True, sandbox=_sandbox(exit_code=3), claimed=_claim("hook.bad_loss")),
+            ("hook.bad_loss", "miner"),
+        ),
+        # a forged infrastructure fault is still the miner's, shown as a crash
+        (
+            Observation(
+                "train",
+                hello=True,
+                sandbox=_sandbox(exit_code=4),
+                claimed=_claim("infra.fault", "infrastructure"),
+            ),
+            ("eval.crashed", "miner"),
+        ),
+        (
+            Observation(
+                "train",
+                hello=True,
+                sandbox=_sandbox(exit_code=4),
+                claimed=_claim("runner.crashed", "infrastructure"),
+            ),
+            ("eval.crashed", "miner"),
+        ),
+        (Observation("train", hello=True, sandbox=_sandbox(exit_code=1)), ("eval.nonzero_exit", "miner")),
+        (
+            Observation("train", hello=True, sandbox=_sandbox(), missing="trained weights"),
+            ("eval.missing_outputs", "miner"),
+        ),
+        (
+            Observation("heldout", hello=True, sandbox=_sandbox(), channel_error=ChannelTimeout("slow")),
+            ("eval.protocol", "miner"),
+        ),
+        (
+            Observation(
+                "heldout",
+                hello=True,
+                sandbox=_sandbox(),
+                host_check=MinerFault("x", code="eval.commitment_mismatch"),
+            ),
+            ("eval.commitment_mismatch", "miner"),
+        ),
+        # causes the host itself observed stay ours even after hello
+        (
+            Observation(
+                "train",
+                hello=True,
+                sandbox=_sandbox(exit_code=1),
+                launch_error=InfrastructureFault("bwrap", code="sandbox.setup_failed"),
+            ),
+            ("sandbox.setup_failed", "infrastructure"),
+        ),
+        (
+            Observation("train", hello=True, sandbox=_sandbox(exit_code=1), data_error="shards ran out"),
+            ("data.feed_failed", "infrastructure"),
+        ),
+        (
+            Observation(
+                "train", hello=True, sandbox=_sandbox(exit_code=1), device_failed="GPU 0 fell off the bus"
+            ),
+            ("device.unhealthy", "infrastructure"),
+        ),
+    ],
+)
+def test_one_rule_decides_whose_fault_a_failure_is(observation, expected) -> None:
+    failure = decide(observation)
+    assert (None if failure is None else (failure.code, failure.fault)) == expected
+
+
+def test_claimed_frames_are_kept_as_evidence() -> None:
+    failure = decide(
+        Observation("train", hello=True, sandbox=_sandbox(exit_code=3), claimed=_claim("eval.forward_failed"))
     )
-    assert _training_failure(_sandbox(memory_exceeded=True), ok_report, True).code == "eval.memory_exceeded"
-    failed = RunnerReport(
-        ok=False, failure=RunnerFailure(code="hook.bad_loss", fault="miner", message="m", phase="train")
-    )
-    assert _training_failure(_sandbox(exit_code=1), failed, False).code == "hook.bad_loss"
-    crashed = _training_failure(_sandbox(exit_code=1), None, False)
-    assert (crashed.code, crashed.fault) == ("eval.nonzero_exit", "miner")
-    assert _training_failure(_sandbox(), ok_report, False).code == "eval.missing_outputs"
+    assert failure is not None and failure.frames[0].file == "model.py" and failure.frames[0].line == 3
+    assert "reported by the sandboxed process" in failure.message
 
 
 def test_a_failing_non_zero_rank_report_wins(tmp_path) -> None:
@@ -124,10 +234,10 @@ def test_a_failing_non_zero_rank_report_wins(tmp_path) -> None:
     (tmp_path / "runner_report.rank1.json").write_text(
         RunnerReport(ok=False, failure=failure).model_dump_json()
     )
-    report = _read_runner_report(tmp_path)
+    report = read_runner_report(tmp_path)
     assert report is not None and not report.ok and report.failure == failure and report.steps == 5
     (tmp_path / "runner_report.json").write_text("{not json")
-    assert _read_runner_report(tmp_path).failure == failure
+    assert read_runner_report(tmp_path).failure == failure
 
 
 def test_cli_registers_eval_with_its_flags() -> None:
@@ -190,8 +300,6 @@ def test_cli_operator_and_intake_errors_exit_1(tmp_path, data_dir, capsys) -> No
 
 
 def test_untrusted_reads_refuse_symlinks_fifos_and_stop_at_the_limit(tmp_path) -> None:
-    from prism.evaluator.host import read_untrusted
-
     secret = tmp_path / "host_secret"
     secret.write_text("do not read", encoding="utf-8")
     (tmp_path / "link").symlink_to(secret)
@@ -202,12 +310,12 @@ def test_untrusted_reads_refuse_symlinks_fifos_and_stop_at_the_limit(tmp_path) -
     assert read_untrusted(tmp_path / "fifo", 100) is None  # and it does not block
     (tmp_path / "big").write_bytes(b"x" * 1000)
     assert read_untrusted(tmp_path / "big", 10) == b"x" * 10
-    assert read_probe_records(tmp_path / "link") == []
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "probe.jsonl").symlink_to(secret)
+    assert read_probe_records(tmp_path / "out") == []
 
 
 def test_read_only_pass_never_follows_links_out_of_the_tree(tmp_path) -> None:
-    from prism.evaluator.host import _make_read_only, _make_writable
-
     outside = tmp_path / "outside.txt"
     outside.write_text("host file", encoding="utf-8")
     outside.chmod(0o640)
@@ -218,27 +326,27 @@ def test_read_only_pass_never_follows_links_out_of_the_tree(tmp_path) -> None:
     (tree / "sub" / "f.txt").write_text("x", encoding="utf-8")
     (tree / "link").symlink_to(outside)
     (tree / "dirlink").symlink_to(outside_dir)
-    _make_read_only(tree)
+    make_read_only(tree)
     assert stat.S_IMODE(outside.stat().st_mode) == 0o640
     assert stat.S_IMODE(outside_dir.stat().st_mode) == 0o750
     assert stat.S_IMODE((tree / "sub" / "f.txt").stat().st_mode) == 0o444
     assert stat.S_IMODE((tree / "sub").stat().st_mode) == 0o555
-    _make_writable(tree)
+    make_writable(tree)
     assert stat.S_IMODE((tree / "sub" / "f.txt").stat().st_mode) == 0o600
 
 
 def test_probe_summary_definitions() -> None:
-    from prism.evaluator.host import _summarize_probes
-
     records = [
         {"step": i, "tokens_seen": 64 * i, "loss_nats": 6.0 - 0.1 * i, "bpb": 8.0 - 0.2 * i}
         for i in range(20)
     ]
     records.append({"step": 20, "tokens_seen": 1280, "loss_nats": float("nan"), "bpb": float("nan")})
-    summary = _summarize_probes(records)
+    summary = summarize_probes(records, early_fraction=0.1, total_steps=21)
     assert summary["first_probe_loss_nats"] == 6.0
+    # the early curve: the lowest probe loss over the first 10% of the 21 steps (steps 0, 1, 2)
+    assert summary["early_probe_loss_nats"] == pytest.approx(6.0 - 0.2)
     # last half of the 20 finite records: steps 10..19
     assert summary["probe_bpb"] == pytest.approx(sum(8.0 - 0.2 * i for i in range(10, 20)) / 10)
     # end of training: the last 10% (2 records), not one noisy probe
     assert summary["train_bpb"] == pytest.approx((8.0 - 0.2 * 18 + 8.0 - 0.2 * 19) / 2)
-    assert _summarize_probes([]) == {}
+    assert summarize_probes([], early_fraction=0.1, total_steps=1) == {}

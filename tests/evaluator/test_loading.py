@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prism.errors import MinerFault
-from prism.evaluator.context import ContextValues, make_context, make_run_id
+from prism.evaluator.context import ContextValues, make_context
 from prism.evaluator.loading import (
     count_layers,
     count_parameters,
@@ -17,6 +17,7 @@ from prism.evaluator.loading import (
     load_submission_modules,
     resolve_hooks,
 )
+from prism.evaluator.plan import make_run_id
 
 pytestmark = pytest.mark.usefixtures("clean_modules")
 
@@ -182,6 +183,9 @@ def test_run_id_is_deterministic_and_sensitive_to_every_input() -> None:
         recipe_mode="reference",
         heldout_seed=7,
         attempt=0,
+        data_fingerprint="d" * 64,
+        nproc=1,
+        evaluator_version="0.1.0+x",
     )
     assert make_run_id(**base) == make_run_id(**base)
     for key, value in [
@@ -192,5 +196,8 @@ def test_run_id_is_deterministic_and_sensitive_to_every_input() -> None:
         ("regime", "q"),
         ("profile_key", "p@2"),
         ("zip_sha256", "b" * 64),
+        ("data_fingerprint", "e" * 64),
+        ("nproc", 2),
+        ("evaluator_version", "0.1.0+y"),
     ]:
         assert make_run_id(**(base | {key: value})) != make_run_id(**base)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from feed_helpers import run_runner_with_feed
 from safetensors.torch import load_file
 
-from prism.evaluator import runner
 from prism.evaluator.context import (
     CHECKPOINT_RECORD_FILENAME,
     EXIT_MINER_FAULT,
@@ -71,7 +71,7 @@ def _spec(tmp_path: Path, data_dir: Path, profile, entry: Path, mode: str, **ctx
         submission_dir=str(entry.parent),
         architecture_entrypoint=entry.name,
         training_entrypoint=None,
-        data_dir=str(data_dir),
+        feed_socket="",
         out_dir=str(out),
         recipe_mode=mode,
         regime=regime,
@@ -97,7 +97,7 @@ def _run(tmp_path, data_dir, tiny_profile, source: str, mode: str = "submitted",
         spec = RunSpec.read(spec_path).model_copy(update={"resume_step": resume_step})
         spec_path.chmod(0o644)
         spec_path.write_text(spec.model_dump_json(), encoding="utf-8")
-    code = runner.main(["--spec", str(spec_path)])
+    code, _ = run_runner_with_feed(spec_path, data_dir)
     out = tmp_path / "out"
     report = RunnerReport.model_validate_json((out / RUNNER_REPORT_FILENAME).read_text())
     return code, report, out, sys.modules.get(name)
@@ -397,10 +397,10 @@ def load_checkpoint(model, checkpoint_dir, ctx):
 @pytest.mark.parametrize(
     ("source", "code"),
     [
-        ("def build_model(ctx):\n    return Bigram(ctx.vocab_size * 100)\n", "eval.too_many_parameters"),
+        ("def build_model(ctx):\n    return Bigram(ctx.vocab_size * 100)\n", "budget.parameters_exceeded"),
         (
             "def build_model(ctx):\n    return torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(9)])\n",
-            "eval.too_many_layers",
+            "budget.layers_exceeded",
         ),
         ("def build_model(ctx):\n    return 'a model'\n", "eval.not_a_module"),
         ("def build_model(ctx):\n    raise RuntimeError('no')\n", "eval.build_failed"),
@@ -436,7 +436,7 @@ def test_periodic_checkpoints_follow_the_spec_interval(tmp_path, data_dir, tiny_
     spec_path = _spec(tmp_path, data_dir, tiny_profile(), sub / "periodic.py", "submitted")
     spec = RunSpec.read(spec_path).model_copy(update={"checkpoint_every_steps": 12})
     spec_path.write_text(spec.model_dump_json(), encoding="utf-8")
-    assert runner.main(["--spec", str(spec_path)]) == EXIT_OK
+    assert run_runner_with_feed(spec_path, data_dir)[0] == EXIT_OK
     report = RunnerReport.model_validate_json((tmp_path / "out" / RUNNER_REPORT_FILENAME).read_text())
     # steps 12, 24, 36 and the end (40)
     assert sys.modules["periodic"].CALLS == [0, 1, 2, 3]

@@ -1,0 +1,195 @@
+"""Files of a run: reading what a sandbox wrote (untrusted) and writing the host's artifacts.
+
+A sandbox's writable dir is the submission's playground: a name there may be a symlink to a host
+file, a FIFO or ``/dev/zero``. :func:`read_untrusted` reads only regular files, without following
+symlinks, and never more than a limit. The host's own artifacts (graph, metadata, metrics, loss
+curves) are written next to the manifest, outside every writable bind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from prism.evaluator.context import PROBE_FILENAME, RUNNER_REPORT_FILENAME, RunnerReport
+
+logger = logging.getLogger(__name__)
+
+MAX_PROBE_FILE_BYTES = 256_000_000  # ~2M probe records; a bigger file is truncated, never slurped whole
+MAX_REPORT_BYTES = 4_000_000
+RUN_LOG = "run.log"
+HELDOUT_LOG = "heldout.log"
+REPLAY_LOG = "replay.log"
+METRICS_FILE = "metrics.json"
+GRAPH_FILE = "architecture_graph.json"
+RUN_GRAPH_FILE = "architecture_graph.run.json"
+METADATA_FILE = "architecture_metadata.json"
+PLOT_FILE = "loss_curve.svg"
+PLOT_PNG_FILE = "loss_curve.png"
+_PROBE_KEYS = ("step", "tokens_seen", "loss_nats", "bpb")
+
+_READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_READ_ONLY_DIR = _READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+def read_untrusted(path: Path, limit: int, offset: int = 0) -> bytes | None:
+    """At most ``limit`` bytes of a regular file a sandboxed process wrote; None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        fh.seek(offset)
+        return fh.read(limit)
+
+
+def parse_probe_lines(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and all(k in rec for k in _PROBE_KEYS):
+            records.append(rec)
+    return records
+
+
+def read_probe_records(sandbox_out: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of probe.jsonl (a half-written last line is skipped; junk is ignored)."""
+    data = read_untrusted(sandbox_out / PROBE_FILENAME, MAX_PROBE_FILE_BYTES)
+    if not data:
+        return []
+    return parse_probe_lines(data.decode("utf-8", errors="replace"))
+
+
+class ProbeTail:
+    """Follows probe.jsonl incrementally (each poll reads only what was appended)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.last: dict[str, Any] | None = None
+
+    def poll(self) -> dict[str, Any] | None:
+        chunk = read_untrusted(self.path, 1 << 20, self.offset)
+        if chunk:
+            self.offset += len(chunk)
+            *lines, self.partial = (self.partial + chunk).split(b"\n")
+            if len(self.partial) > 1 << 16:  # a runaway line is nobody's probe record
+                self.partial = b""
+            records = parse_probe_lines(b"\n".join(lines).decode("utf-8", errors="replace"))
+            if records:
+                self.last = records[-1]
+        return self.last
+
+
+def read_runner_report(sandbox_out: Path) -> RunnerReport | None:
+    """Rank 0's report; a failing non-zero rank's failure wins when rank 0 has none (evidence)."""
+    main = sandbox_out / RUNNER_REPORT_FILENAME
+    paths = ([main] if main.is_file() else []) + sorted(sandbox_out.glob("runner_report.rank*.json"))
+    parsed: list[RunnerReport] = []
+    for path in paths:
+        try:
+            parsed.append(RunnerReport.model_validate_json(read_untrusted(path, MAX_REPORT_BYTES) or b""))
+        except ValueError as exc:
+            logger.warning("unreadable runner report %s: %s", path.name, exc)
+    if not parsed:
+        return None
+    head = parsed[0]
+    failing = next((r for r in parsed if r.failure is not None), None)
+    if failing is not None and head.failure is None:
+        head = head.model_copy(update={"ok": False, "failure": failing.failure})
+    return head
+
+
+def _chmod_tree(root: Path, *, file_mode: int, dir_mode: int) -> None:
+    """chmod every file and dir under ``root``; symlinks are skipped (chmod would follow them)."""
+    if root.is_symlink() or not root.is_dir():
+        return
+    os.chmod(root, stat.S_IRWXU)  # while walking, every dir stays listable and enterable
+    dirs = [str(root)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IRWXU)
+                dirs.append(path)
+    for path in reversed(dirs):  # children before their parents
+        os.chmod(path, dir_mode)
+
+
+def make_read_only(root: Path) -> None:
+    """Drop write bits so even degraded mode (no bwrap) cannot edit the checked files."""
+    _chmod_tree(root, file_mode=_READ_ONLY_FILE, dir_mode=_READ_ONLY_DIR)
+
+
+def make_writable(root: Path) -> None:
+    _chmod_tree(root, file_mode=stat.S_IRUSR | stat.S_IWUSR, dir_mode=stat.S_IRWXU)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def downsample(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    if len(records) <= limit:
+        return records
+    stride = math.ceil(len(records) / limit)
+    picked = records[::stride]
+    if picked[-1] is not records[-1]:
+        picked.append(records[-1])
+    return picked
+
+
+def draw_loss_curves(
+    root: Path, *, probes: list[dict[str, Any]], heldout: list[Any], title: str
+) -> list[str]:
+    """SVG and PNG loss curves next to the manifest; a plot is a convenience, never a failure."""
+    if not probes:
+        return []
+    from prism.evaluator.plot import plot_run
+
+    written = []
+    for name in (PLOT_FILE, PLOT_PNG_FILE):
+        try:
+            plot_run(root / name, probes=probes, heldout=heldout, title=title)
+            written.append(name)
+        except Exception as exc:  # matplotlib failures must not fail a measured run
+            logger.warning("could not draw %s: %s", name, exc)
+    return written
+
+
+__all__ = [
+    "GRAPH_FILE",
+    "HELDOUT_LOG",
+    "MAX_REPORT_BYTES",
+    "METADATA_FILE",
+    "METRICS_FILE",
+    "PLOT_FILE",
+    "PLOT_PNG_FILE",
+    "REPLAY_LOG",
+    "RUN_GRAPH_FILE",
+    "RUN_LOG",
+    "ProbeTail",
+    "downsample",
+    "draw_loss_curves",
+    "make_read_only",
+    "make_writable",
+    "read_probe_records",
+    "read_runner_report",
+    "read_untrusted",
+    "write_json",
+]

@@ -1,0 +1,188 @@
+"""Budgets counted by the host from the trained weights file (host side, no torch).
+
+The training process writes ``weights.safetensors``; the host reads its header itself and counts
+**every tensor in it, each storage once** (safetensors stores every tensor in its own byte range;
+overlapping or unaccounted bytes are refused). The held-out process loads the file strictly into
+the rebuilt model, so all trained state must be in it: a model cannot train more parameters than
+the file holds. Layers are re-counted from the tensor names (an integer-indexed child holding
+tensors is a layer, as ``nn.ModuleList``/``nn.Sequential`` stacks are named).
+
+What the training process says about its own size is evidence; this count is the verdict:
+over budget is ``budget.parameters_exceeded`` / ``budget.layers_exceeded`` (miner faults), and a
+file that is not plain safetensors is ``budget.weights_invalid``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prism.errors import MinerFault
+
+MAX_HEADER_BYTES = 100_000_000
+MAX_TENSORS = 100_000
+MAX_NAME_CHARS = 512
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+#: Metadata the writer may leave (safetensors' own); anything else could carry data uncounted.
+ALLOWED_METADATA = ({}, {"format": "pt"})
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class WeightsInventory:
+    """What the host found in a weights file."""
+
+    tensors: tuple[TensorEntry, ...]
+    file_bytes: int
+    parameter_count: int
+    layer_count: int
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _invalid(message: str) -> MinerFault:
+    return MinerFault(
+        f"the trained weights file is not plain safetensors: {message}", code="budget.weights_invalid"
+    )
+
+
+def _read_header(path: Path) -> tuple[dict, int, int]:  # type: ignore[type-arg]
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _invalid("not a regular file")
+        prefix = fh.read(8)
+        if len(prefix) != 8:
+            raise _invalid("truncated header")
+        (size,) = struct.unpack("<Q", prefix)
+        if size > MAX_HEADER_BYTES or 8 + size > info.st_size:
+            raise _invalid(f"header of {size} bytes does not fit the file")
+        raw = fh.read(size)
+    try:
+        header = json.loads(raw.decode("utf-8").rstrip(" "))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise _invalid("header is not an object")
+    return header, 8 + size, info.st_size
+
+
+def _entry(name: object, spec: object) -> TensorEntry:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise _invalid(f"bad tensor name {str(name)[:80]!r}")
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise _invalid(f"tensor {name!r} has a malformed entry")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise _invalid(f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise _invalid(f"tensor {name!r} has a bad shape")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise _invalid(f"tensor {name!r} has bad data_offsets")
+    entry = TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+    if entry.end - entry.begin != entry.numel * DTYPE_BYTES[dtype]:
+        raise _invalid(f"tensor {name!r}: its byte range does not match its shape and dtype")
+    return entry
+
+
+def _check_layout(entries: list[TensorEntry], data_bytes: int) -> None:
+    """Byte ranges must tile the data section exactly: no overlap (a shared storage), no gap,
+    nothing after the last tensor (bytes no tensor accounts for could carry weights uncounted)."""
+    cursor = 0
+    for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
+        if entry.begin != cursor:
+            raise _invalid(f"tensor {entry.name!r} starts at byte {entry.begin}, expected {cursor}")
+        cursor = entry.end
+    if cursor != data_bytes:
+        raise _invalid(f"{data_bytes - cursor} bytes after the last tensor")
+
+
+def count_layers_from_names(names: list[str]) -> int:
+    """Largest stack of integer-indexed children holding tensors (nested stacks add up)."""
+    tree: dict = {}  # type: ignore[type-arg]
+    for name in names:
+        node = tree
+        for part in name.split("."):
+            node = node.setdefault(part, {})
+
+    def depth(node: dict) -> int:  # type: ignore[type-arg]
+        total = 0
+        for key, child in node.items():
+            if key.isdigit():
+                total += depth(child) if any(k.isdigit() for k in child) else 1
+        return total
+
+    best, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        best = max(best, depth(node))
+        stack.extend(node.values())
+    return best if best else (1 if names else 0)
+
+
+def inspect_weights(path: Path) -> WeightsInventory:
+    """Parse and check a weights file; raise ``budget.weights_invalid`` for anything but plain tensors."""
+    try:
+        header, data_start, file_bytes = _read_header(path)
+    except OSError as exc:
+        raise _invalid(f"cannot read it ({exc})") from exc
+    metadata = header.pop("__metadata__", {})
+    if metadata not in ALLOWED_METADATA:
+        raise _invalid("it carries metadata beyond safetensors' own")
+    if len(header) > MAX_TENSORS:
+        raise _invalid(f"{len(header)} tensors (at most {MAX_TENSORS})")
+    entries = [_entry(name, spec) for name, spec in header.items()]
+    _check_layout(entries, file_bytes - data_start)
+    names = [e.name for e in entries]
+    return WeightsInventory(
+        tensors=tuple(entries),
+        file_bytes=file_bytes,
+        parameter_count=sum(e.numel for e in entries),
+        layer_count=count_layers_from_names(names),
+        shapes={e.name: e.shape for e in entries},
+    )
+
+
+def check_budgets(inventory: WeightsInventory, *, max_parameters: int, max_layers: int) -> None:
+    if inventory.parameter_count > max_parameters:
+        raise MinerFault(
+            f"the trained weights hold {inventory.parameter_count:,} values in {len(inventory.tensors)} tensors, "
+            f"above max_parameters={max_parameters:,} (every tensor in the weights file counts, buffers too)",
+            code="budget.parameters_exceeded",
+        )
+    if inventory.layer_count > max_layers:
+        raise MinerFault(
+            f"the trained weights hold {inventory.layer_count} layers, above max_layers={max_layers}",
+            code="budget.layers_exceeded",
+        )
+
+
+__all__ = [
+    "TensorEntry",
+    "WeightsInventory",
+    "check_budgets",
+    "count_layers_from_names",
+    "inspect_weights",
+]

@@ -1,0 +1,203 @@
+"""Compute calibration: what an honest model of a regime's budget costs on this validator.
+
+The host times every training run from outside (CPU seconds of the sandboxed tree on CPU, wall
+time from ``hello`` to exit on GPU) and compares it with a calibration it measured itself: the
+same harness loop, in the same sandbox, training PRISM's own reference GPT
+(:mod:`prism.evaluator.reference_model`) at the regime's parameter budget. Two short runs
+(``SHORT`` and ``LONG`` fractions of the reference step count) give a fixed cost (start-up,
+build, save) and a cost per training token; the expected compute of a run of ``N`` tokens is
+``fixed + per_token * N``. The ratio ``measured / expected`` goes into the manifest; above the
+profile's ``limits.compute_cap`` it is ``budget.compute_exceeded`` (a miner fault).
+
+Calibrations are cached as JSON in the state dir, keyed by everything that changes the cost:
+the hardware, the software stack, the profile and the regime. New hardware re-measures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from prism import __version__ as prism_version
+from prism.errors import InfrastructureFault
+from prism.evaluator import sandbox as sb
+from prism.evaluator.context import ContextValues, RunSpec
+from prism.evaluator.progress import RunProgress
+from prism.evaluator.recipe import reference_steps
+from prism.evaluator.train_phase import TrainingJob, run_training
+from prism.profiles import Profile, Regime
+
+logger = logging.getLogger(__name__)
+
+SHORT_FRACTION, LONG_FRACTION = 0.03, 0.12
+MIN_SHORT_STEPS, MIN_LONG_STEPS = 4, 16
+SCHEMA = "prism_calibration.v1"
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: str = SCHEMA
+    key: str
+    kind: str  # cpu_s | wall_s
+    fixed_s: float
+    per_token_s: float
+    points: list[tuple[int, float]]  # (training tokens, measured seconds)
+    hardware: dict[str, str]
+    measured_at: str
+
+    def expected(self, tokens: int) -> float:
+        return self.fixed_s + self.per_token_s * tokens
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_names() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return ""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return ",".join(sorted(line.strip() for line in out.stdout.splitlines() if line.strip()))
+
+
+def hardware_fingerprint(device: str) -> dict[str, str]:
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "none"
+    return {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "gpus": _gpu_names() if device == "cuda" else "",
+        "torch": torch_version,
+        "prism": prism_version,
+        "python": platform.python_version(),
+    }
+
+
+def calibration_key(profile: Profile, regime: Regime, nproc: int, hardware: dict[str, str]) -> str:
+    blob = json.dumps(
+        [SCHEMA, profile.key, regime.model_dump(), nproc, profile.device, hardware], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _steps(regime: Regime) -> tuple[int, int]:
+    total = reference_steps(regime)
+    short = min(total, max(MIN_SHORT_STEPS, round(SHORT_FRACTION * total)))
+    long = min(total, max(MIN_LONG_STEPS, short + 1, round(LONG_FRACTION * total)))
+    return short, long
+
+
+def _measure(
+    profile: Profile,
+    regime: Regime,
+    steps: int,
+    data_dir: Path,
+    vocab: int,
+    eos: int,
+    nproc: int,
+    isolation: sb.IsolationProbe,
+    work: Path,
+) -> tuple[int, float, str]:
+    """Train the reference GPT for ``steps`` in the sandbox; (tokens, seconds, kind) as measured."""
+    tokens = steps * regime.batch_size * regime.sequence_length
+    short = regime.model_copy(update={"train_tokens": tokens})
+    root = work / f"steps-{steps}"
+    for sub in ("sandbox_out", "spec", "weights"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    context = ContextValues(
+        vocab_size=vocab,
+        sequence_length=regime.sequence_length,
+        max_layers=regime.max_layers,
+        max_parameters=regime.max_parameters,
+        seed=0,
+        train_tokens=tokens,
+    )
+    spec = RunSpec(
+        run_id=f"calibration-{steps}", builtin_model="reference", feed_socket="", out_dir=str(root / "sandbox_out"),
+        recipe_mode="reference", regime=short, context=context, eos_id=eos, lr_window=profile.lr_window,
+        probe_every_steps=profile.probe.every_steps, probe_fraction=profile.probe.fraction, device=profile.device,
+        torch_threads=4 if profile.device == "cuda" else 1, log_every_steps=50,
+    )  # fmt: skip
+    job = TrainingJob(
+        spec=spec, root=root, sandbox_out=root / "sandbox_out", spec_dir=root / "spec", weights_dir=root / "weights",
+        data_dir=data_dir, vocab_size=vocab, nproc=nproc, limits=sb.SandboxLimits.from_profile(profile.limits, phase="train", device=profile.device),
+        binds=tuple(sb.python_binds()) + (tuple(sb.gpu_binds()) if profile.device == "cuda" else ()), isolation=isolation, progress=RunProgress(False),
+    )  # fmt: skip
+    outcome = run_training(job)
+    if outcome.compute is None or outcome.sandbox is None or outcome.sandbox.exit_code != 0:
+        tail = outcome.sandbox.log_tail[-800:] if outcome.sandbox else str(outcome.launch_error)
+        raise InfrastructureFault(f"the compute calibration run failed: {tail}", code="calibration.failed")
+    return tokens, outcome.compute.seconds, outcome.compute.kind
+
+
+def calibrate(
+    profile: Profile,
+    regime: Regime,
+    *,
+    data_dir: Path,
+    vocab_size: int,
+    eos_id: int,
+    nproc: int,
+    cache_dir: Path,
+    isolation: sb.IsolationProbe,
+) -> Calibration:
+    """The cached calibration for this hardware and regime, measured now when there is none."""
+    hardware = hardware_fingerprint(profile.device)
+    key = calibration_key(profile, regime, nproc, hardware)
+    path = cache_dir / f"calibration-{key}.json"
+    if path.is_file():
+        try:
+            return Calibration.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError:
+            logger.warning("ignoring an unreadable calibration %s", path)
+    logger.info("calibrating training compute for %s/%s on this machine", profile.key, regime.name)
+    work = cache_dir / f"work-{key}"
+    try:
+        points = [
+            _measure(profile, regime, steps, data_dir, vocab_size, eos_id, nproc, isolation, work)
+            for steps in _steps(regime)
+        ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (t1, s1, kind), (t2, s2, _) = points
+    per_token = max((s2 - s1) / max(t2 - t1, 1), 1e-12)
+    calibration = Calibration(
+        key=key, kind=kind, fixed_s=max(0.0, s1 - per_token * t1), per_token_s=per_token, points=[(t1, s1), (t2, s2)],
+        hardware=hardware, measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(calibration.model_dump_json(indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return calibration
+
+
+__all__ = ["Calibration", "calibrate", "calibration_key", "hardware_fingerprint"]

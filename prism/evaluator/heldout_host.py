@@ -1,0 +1,374 @@
+"""Held-out measurement, host side: drive the protocol and compute the loss from checked values.
+
+Per batch of held-out windows ``w`` (inputs ``w[:, :-1]``, targets ``w[:, 1:]``):
+
+1. send the inputs; receive the commitment: ``L`` and a row digest per position;
+2. only now send the targets; receive ``z`` for every position and check ``z <= L`` everywhere;
+3. only now draw the spot positions (fresh OS entropy, :mod:`prism.evaluator.spots` says how
+   many) and receive those rows; each must hash to its digest, its ``logsumexp`` must equal the
+   committed ``L`` and its target entry must be exactly ``z`` (else ``eval.commitment_mismatch``);
+4. count ``min(L - z, cap)`` nats per position, with the byte counts the host already knows.
+
+A process that rewrites this protocol's in-process half cannot know which rows will be checked
+when it commits, nor when it reports ``z``. The host keeps ``L`` and ``z`` of every position for
+the prefix replay (:mod:`prism.evaluator.replay`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prism.errors import MinerFault, PrismError
+from prism.evaluator import sandbox as sb
+from prism.evaluator.framing import ChannelClosed, FrameReader, FrameWriter, ProtocolError
+from prism.evaluator.heldout_wire import (
+    COMMITTED,
+    DIGEST_BYTES,
+    DONE,
+    ERROR,
+    FINISH,
+    HELLO,
+    INPUTS,
+    READY,
+    ROWS,
+    SPOTS,
+    TARGETS,
+    EvalProcessSpec,
+    Z,
+    encode_tokens,
+)  # fmt: skip
+
+LSE_RELATIVE_TOLERANCE = 1e-6  # L is float64 from the same float32 row on both sides
+#: (batch index, rows, seq_len) -> the (row, position) pairs to reveal, drawn after z arrived.
+SpotPolicy = Callable[[int, int, int], list[tuple[int, int]]]
+
+
+def random_spots(per_batch: Callable[[int], int], rng: np.random.Generator | None = None) -> SpotPolicy:
+    """Uniform positions without replacement; ``per_batch(n_positions)`` says how many."""
+    generator = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+
+    def policy(_batch: int, rows: int, seq_len: int) -> list[tuple[int, int]]:
+        n = rows * seq_len
+        k = per_batch(n)
+        flat = np.arange(n) if k >= n else generator.choice(n, size=k, replace=False)
+        return [(int(i) // seq_len, int(i) % seq_len) for i in np.sort(flat)]
+
+    return policy
+
+
+@dataclass
+class SessionOutcome:
+    """What the host measured and saw. Arrays are (N, T) over every window the session scored."""
+
+    hello: bool = False
+    ready: dict[str, Any] | None = None
+    canonical_graph: dict[str, Any] | None = None
+    run_graph: dict[str, Any] | None = None
+    params_after: str | None = None
+    advisory: list[str] = field(default_factory=list)
+    lse: np.ndarray | None = None
+    target_logit: np.ndarray | None = None
+    window_nats: np.ndarray | None = None
+    kept_rows: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    tokens: int = 0
+    bytes: int = 0
+    batches: int = 0
+    spot_rows: int = 0
+    clipped: int = 0
+    reported_error: dict[str, Any] | None = None
+    error: PrismError | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_nats(self) -> float:
+        return float(self.window_nats.sum()) if self.window_nats is not None else 0.0
+
+
+def _mismatch(message: str) -> MinerFault:
+    return MinerFault(message, code="eval.commitment_mismatch")
+
+
+def _reply_error(message: str) -> MinerFault:
+    # Only the (untrusted) process writes these frames, so a malformed reply is the submission's.
+    return MinerFault(f"invalid reply from the evaluation process: {message}", code="eval.protocol")
+
+
+def _row_lse(rows: np.ndarray) -> np.ndarray:
+    values = rows.astype(np.float64)
+    top = values.max(axis=1)
+    return top + np.log(np.exp(values - top[:, None]).sum(axis=1))
+
+
+class HeldoutSession:
+    """Drives one process over two fds. Never raises: failures land in ``SessionOutcome.error``."""
+
+    def __init__(
+        self,
+        write_fd: int,
+        read_fd: int,
+        *,
+        deadline: float,
+        vocab_size: int,
+        cap_nats: float,
+        spots: SpotPolicy,
+        keep_spot_rows: bool = False,
+    ) -> None:
+        self.writer = FrameWriter(write_fd, deadline=deadline)
+        self.reader = FrameReader(read_fd, deadline=deadline)
+        self.vocab, self.cap, self.spots, self.keep = vocab_size, cap_nats, spots, keep_spot_rows
+        self.outcome = SessionOutcome()
+
+    def run(self, windows: np.ndarray, window_bytes: np.ndarray, batch_size: int) -> SessionOutcome:
+        out, started = self.outcome, time.monotonic()
+        n, seq_len = windows.shape[0], windows.shape[1] - 1
+        out.lse, out.target_logit, out.window_nats = (
+            np.zeros((n, seq_len)),
+            np.zeros((n, seq_len)),
+            np.zeros(n),
+        )
+        try:
+            self._read(HELLO)
+            out.hello = True
+            self._expect_ready()
+            out.timings_s["setup"] = time.monotonic() - started
+            loop_start = time.monotonic()
+            for first in range(0, n, batch_size):
+                self._score_batch(
+                    first, windows[first : first + batch_size], window_bytes[first : first + batch_size]
+                )
+            out.timings_s["batches"] = time.monotonic() - loop_start
+            finish_start = time.monotonic()
+            self._finish()
+            out.timings_s["finish"] = time.monotonic() - finish_start
+        except PrismError as exc:
+            out.error = exc
+        return out
+
+    def _read(self, expected: str) -> tuple[dict[str, Any], bytes]:
+        header, payload = self.reader.read()
+        if header["type"] == ERROR:
+            self.outcome.reported_error = {k: header.get(k) for k in ("code", "fault", "message", "frames")}
+            raise ChannelClosed(f"the evaluation process reported {header.get('code')}")
+        if header["type"] != expected:
+            raise ProtocolError(f"expected {expected!r} from the evaluation process, got {header['type']!r}")
+        return header, payload
+
+    def _graph(self, payload: bytes) -> dict[str, Any]:
+        try:
+            graph = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _reply_error(f"architecture graph is not JSON: {exc}") from exc
+        for key, kind in (("family_id", str), ("version_id", str), ("parameter_count", int)):
+            if not isinstance(graph, dict) or not isinstance(graph.get(key), kind):
+                raise _reply_error(f"architecture graph lacks {key}")
+        flops = graph.get("flops_per_token")
+        if not isinstance(flops, (int, float)) or not math.isfinite(flops) or flops < 0:
+            raise _reply_error("architecture graph has an invalid flops_per_token")
+        return graph
+
+    def _expect_ready(self) -> None:
+        header, payload = self._read(READY)
+        sha, count = header.get("params_sha256"), header.get("parameter_count")
+        if not _is_sha256(sha) or not isinstance(count, int) or count < 0:
+            raise _reply_error("ready frame lacks a valid params_sha256 / parameter_count")
+        self.outcome.ready = {
+            "params_sha256": sha,
+            "parameter_count": count,
+            "inference_path": str(header.get("inference_path", "")),
+        }
+        self.outcome.canonical_graph = self._graph(payload)
+
+    def _score_batch(self, first: int, batch: np.ndarray, batch_bytes: np.ndarray) -> None:
+        out = self.outcome
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        rows, seq_len = inputs.shape
+        n = rows * seq_len
+        self.writer.write(*encode_tokens(INPUTS, out.batches, inputs))
+        _, commitment = self._read(COMMITTED)
+        if len(commitment) != n * (8 + DIGEST_BYTES):
+            raise _reply_error(f"commitment has {len(commitment)} bytes, expected {n * (8 + DIGEST_BYTES)}")
+        lse = np.frombuffer(commitment[: n * 8], dtype="<f8").reshape(rows, seq_len)
+        digests = commitment[n * 8 :]
+        if not np.isfinite(lse).all():
+            raise MinerFault("committed log-normalisers are not finite", code="eval.bad_logits")
+        self.writer.write(*encode_tokens(TARGETS, out.batches, targets))  # only after the commitment
+        _, raw_z = self._read(Z)
+        if len(raw_z) != n * 8:
+            raise _reply_error("z frame has the wrong length")
+        z = np.frombuffer(raw_z, dtype="<f8").reshape(rows, seq_len)
+        if not np.isfinite(z).all() or np.any(
+            z > lse + LSE_RELATIVE_TOLERANCE * np.maximum(1.0, np.abs(lse))
+        ):
+            raise _mismatch("target logits are not finite or exceed their committed log-normaliser")
+        spots = self.spots(out.batches, rows, seq_len)  # drawn only now, after z is fixed
+        self.writer.write({"type": SPOTS, "batch": out.batches, "positions": [[b, t] for b, t in spots]})
+        _, raw_rows = self._read(ROWS)
+        self._verify_rows(first, raw_rows, spots, lse, z, digests, targets)
+        losses = np.minimum(lse - z, self.cap)  # (B, T) nats per position, capped
+        out.clipped += int(np.count_nonzero(lse - z > self.cap))
+        out.lse[first : first + rows], out.target_logit[first : first + rows] = lse, z
+        out.window_nats[first : first + rows] = losses.sum(axis=1)
+        out.tokens += n
+        out.bytes += int(np.sum(batch_bytes, dtype=np.int64))
+        out.batches += 1
+        out.spot_rows += len(spots)
+
+    def _verify_rows(
+        self,
+        first: int,
+        raw: bytes,
+        spots: list[tuple[int, int]],
+        lse: np.ndarray,
+        z: np.ndarray,
+        digests: bytes,
+        targets: np.ndarray,
+    ) -> None:
+        if len(raw) != len(spots) * self.vocab * 4:
+            raise _reply_error(f"rows frame has {len(raw)} bytes, expected {len(spots) * self.vocab * 4}")
+        if not spots:
+            return
+        rows = np.frombuffer(raw, dtype="<f4").reshape(len(spots), self.vocab)
+        if not np.isfinite(rows).all():
+            raise MinerFault("a revealed logit row is not finite", code="eval.bad_logits")
+        recomputed = _row_lse(rows)
+        seq_len = lse.shape[1]
+        for i, (b, t) in enumerate(spots):
+            flat = b * seq_len + t
+            if (
+                hashlib.sha256(rows[i].tobytes()).digest()
+                != digests[flat * DIGEST_BYTES : (flat + 1) * DIGEST_BYTES]
+            ):
+                raise _mismatch(f"logit row ({b}, {t}) does not match its commitment")
+            if abs(recomputed[i] - lse[b, t]) > LSE_RELATIVE_TOLERANCE * max(1.0, abs(lse[b, t])):
+                raise _mismatch(f"the committed log-normaliser at ({b}, {t}) is not that of its row")
+            if float(rows[i, int(targets[b, t])]) != z[b, t]:
+                raise _mismatch(f"the reported target logit at ({b}, {t}) is not that of its row")
+            if self.keep:
+                self.outcome.kept_rows[(first + b, t)] = rows[i].copy()
+
+    def _finish(self) -> None:
+        self.writer.write({"type": FINISH})
+        header, payload = self._read(DONE)
+        if not _is_sha256(header.get("params_sha256")):
+            raise _reply_error("done frame lacks a valid params_sha256")
+        self.outcome.params_after = header["params_sha256"]
+        advisory = header.get("advisory")
+        self.outcome.advisory = [str(a)[:500] for a in advisory[:20]] if isinstance(advisory, list) else []
+        self.outcome.run_graph = self._graph(payload)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+# ----------------------------------------------------------------------------------------------
+# the sandboxed process
+
+
+@dataclass(frozen=True)
+class HeldoutJob:
+    """One held-out (or replay) process: what it sees and how long it may take."""
+
+    spec: EvalProcessSpec
+    submission_dir: Path
+    weights_path: Path
+    log_path: Path
+    limits: sb.SandboxLimits
+    isolation: sb.IsolationProbe
+    extra_binds: tuple[sb.Bind, ...] = ()
+
+
+class HeldoutProcess:
+    """A started evaluation process; :meth:`drive` runs a session on it, :meth:`close` reaps it."""
+
+    def __init__(self, job: HeldoutJob) -> None:
+        self.job = job
+        self.started = time.monotonic()
+        self.launch_error: PrismError | None = None
+        self.result: sb.SandboxResult | None = None
+        self._spec_dir = Path(tempfile.mkdtemp(prefix="heldout-spec-", dir=job.log_path.parent))
+        spec_path = self._spec_dir / "heldout_spec.json"
+        spec_path.write_text(job.spec.model_dump_json(indent=2), encoding="utf-8")
+        binds = [
+            *sb.python_binds(),
+            sb.Bind(src=job.submission_dir),
+            sb.Bind(src=job.weights_path.parent),
+            sb.Bind(src=self._spec_dir),
+            *job.extra_binds,
+        ]
+        argv = [sys.executable, "-m", "prism.evaluator.heldout", "--spec", str(spec_path)]
+        env = {"OMP_NUM_THREADS": str(job.spec.torch_threads), "PYTHONHASHSEED": "0"}
+        sandbox_spec = sb.SandboxSpec(
+            argv=argv, binds=binds, env=env, cwd="/tmp", limits=job.limits, stdin="pipe", stdout="pipe"
+        )
+        try:
+            self.proc: sb.SandboxProcess | None = sb.start_sandboxed(
+                sandbox_spec, log_path=job.log_path, isolation=job.isolation
+            )
+        except PrismError as exc:
+            self.proc, self.launch_error = None, exc
+
+    def drive(
+        self,
+        windows: np.ndarray,
+        window_bytes: np.ndarray,
+        *,
+        batch_size: int,
+        cap_nats: float,
+        spots: SpotPolicy,
+        keep_spot_rows: bool = False,
+    ) -> SessionOutcome:
+        if self.proc is None or self.proc.stdin is None or self.proc.protocol is None:
+            return SessionOutcome()
+        session = HeldoutSession(
+            self.proc.stdin.fileno(), self.proc.protocol.fileno(), deadline=self.started + self.job.limits.wall_s,
+            vocab_size=int(self.job.spec.context["vocab_size"]), cap_nats=cap_nats, spots=spots, keep_spot_rows=keep_spot_rows,
+        )  # fmt: skip
+        try:
+            return session.run(windows, window_bytes, batch_size)
+        except BaseException:  # Ctrl-C / shutdown mid-protocol: do not leave the process behind
+            self.proc.kill()
+            raise
+
+    def close(self, outcome: SessionOutcome | None) -> sb.SandboxResult | None:
+        """End the process (it is killed unless it finished the protocol) and reap it."""
+        try:
+            if self.proc is None:
+                return None
+            if outcome is None or outcome.error is not None or outcome.params_after is None:
+                self.proc.kill()
+            if self.proc.stdin is not None:
+                try:
+                    self.proc.stdin.close()
+                except OSError:
+                    pass
+            try:
+                self.result = self.proc.wait()
+            except PrismError as exc:  # bwrap itself failed before starting the command
+                self.launch_error = exc
+            return self.result
+        finally:
+            shutil.rmtree(self._spec_dir, ignore_errors=True)
+
+
+__all__ = [
+    "HeldoutJob",
+    "HeldoutProcess",
+    "HeldoutSession",
+    "SessionOutcome",
+    "SpotPolicy",
+    "random_spots",
+]

@@ -1,0 +1,92 @@
+"""The held-out protocol's messages and spec, shared by the host and the process (no torch).
+
+==========  =========  ====================================================  ==========================
+frame       direction  header                                                payload
+==========  =========  ====================================================  ==========================
+hello       p -> h                                                           (before any submission code)
+ready       p -> h     ``params_sha256``, ``parameter_count``, ``inference_path``  canonical graph JSON
+inputs      h -> p     ``batch``, ``shape [B, T]``                           int64
+committed   p -> h     ``batch``                                             L (B*T float64) + sha256 per row
+targets     h -> p     ``batch``, ``shape``                                  int64
+z           p -> h     ``batch``                                             target logit (B*T float64)
+spots       h -> p     ``batch``, ``positions [[b, t], ...]`` (drawn now)
+rows        p -> h     ``batch``                                             k rows (k*V float32)
+finish      h -> p
+done        p -> h     ``params_sha256``, ``advisory``                       run-context graph JSON
+error       p -> h     ``code``, ``fault``, ``message``, ``frames``
+==========  =========  ====================================================  ==========================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from prism.evaluator.framing import ProtocolError
+
+HELLO, READY, INPUTS, COMMITTED, TARGETS, Z, SPOTS, ROWS, FINISH, DONE, ERROR = (
+    "hello", "ready", "inputs", "committed", "targets", "z", "spots", "rows", "finish", "done", "error",
+)  # fmt: skip
+DIGEST_BYTES = 32
+
+
+class EvalProcessSpec(BaseModel):
+    """``heldout_spec.json``: everything the evaluation process needs. Paths are as seen inside.
+
+    The main evaluation and the prefix replay get the same kind of spec: nothing in it tells
+    them apart.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    submission_dir: str
+    architecture_entrypoint: str
+    training_entrypoint: str | None = None
+    weights_path: str
+    context: dict[str, Any] = Field(description="the run's context values (as for training)")
+    canonical_context: dict[str, int] = Field(description="vocab_size, sequence_length, max_*")
+    total_steps: int | None = None
+    use_inference_hooks: bool = Field(
+        default=True, description="False: model(input_ids) only (reference recipe)"
+    )
+    device: Literal["cpu", "cuda"] = "cpu"
+    torch_threads: int = Field(default=1, ge=1)
+    max_batch_size: int = Field(gt=0)
+
+
+def encode_tokens(kind: str, batch: int, tokens: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    data = np.ascontiguousarray(tokens, dtype="<i8")
+    return {"type": kind, "batch": batch, "shape": [int(n) for n in data.shape]}, data.tobytes()
+
+
+def decode_tokens(header: dict[str, Any], payload: bytes, seq_len: int, vocab: int, max_b: int) -> np.ndarray:
+    shape = header.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and 0 < shape[0] <= max_b and shape[1] == seq_len):
+        raise ProtocolError(f"bad token batch shape {shape!r}")
+    if len(payload) != shape[0] * shape[1] * 8:
+        raise ProtocolError("token payload length does not match its shape")
+    array = np.frombuffer(payload, dtype="<i8").reshape(shape)
+    if array.min() < 0 or array.max() >= vocab:
+        raise ProtocolError("token ids out of range")
+    return array.astype(np.int64)
+
+
+__all__ = [
+    "COMMITTED",
+    "DIGEST_BYTES",
+    "DONE",
+    "ERROR",
+    "FINISH",
+    "HELLO",
+    "INPUTS",
+    "READY",
+    "ROWS",
+    "SPOTS",
+    "TARGETS",
+    "EvalProcessSpec",
+    "Z",
+    "decode_tokens",
+    "encode_tokens",
+]
