@@ -10,16 +10,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from prism.errors import MinerFault, PrismError
+from prism.errors import InfrastructureFault, MinerFault, PrismError
+from prism.evaluator.budgets import WeightsInventory, inspect_weights
 from prism.evaluator.heldout_host import HeldoutJob, HeldoutProcess, SessionOutcome, random_spots
+from prism.evaluator.heldout_wire import EvalProcessSpec
 from prism.evaluator.replay import ReplayOutcome, compare, cut_spots, draw_pairs, replay_count, replay_windows
-from prism.evaluator.sandbox import SandboxResult
+from prism.evaluator.sandbox import Bind, IsolationProbe, SandboxLimits, SandboxResult
 from prism.evaluator.spots import SpotBudget, spot_budget
-from prism.evaluator.verdicts import Observation
+from prism.evaluator.verdicts import Observation, decide, first_failure
+from prism.manifest import Failure
 from prism.profiles import HeldoutSpec
+
+LN2 = math.log(2.0)
 
 
 @dataclass
@@ -31,11 +37,11 @@ class ProcessRecord:
 
 @dataclass
 class HeldoutOutcome:
-    main: ProcessRecord
-    replay_process: ProcessRecord
-    replay: ReplayOutcome
-    budget: SpotBudget
-    cap_nats: float
+    main: ProcessRecord = field(default_factory=ProcessRecord)
+    replay_process: ProcessRecord = field(default_factory=ProcessRecord)
+    replay: ReplayOutcome = field(default_factory=ReplayOutcome)
+    budget: SpotBudget = field(default_factory=lambda: SpotBudget(0, 0, 0, 0.0))
+    cap_nats: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -155,4 +161,103 @@ def observations(outcome: HeldoutOutcome) -> list[Observation]:
     return found
 
 
-__all__ = ["HeldoutOutcome", "ProcessRecord", "measure_heldout", "observations"]
+@dataclass
+class HeldoutResult:
+    """What the host measured on one weights file (``failure`` set, and no bpb, when it failed)."""
+
+    outcome: HeldoutOutcome
+    failure: Failure | None
+    inventory: WeightsInventory | None
+
+    @property
+    def session(self) -> SessionOutcome:
+        return self.outcome.main.session
+
+    @property
+    def bpb(self) -> float | None:
+        s = self.session
+        return s.total_nats / (LN2 * s.bytes) if self.failure is None and s.bytes else None
+
+    @property
+    def loss_nats(self) -> float | None:
+        s = self.session
+        return s.total_nats / s.tokens if self.failure is None and s.tokens else None
+
+    @property
+    def window_nats(self) -> np.ndarray | None:
+        return self.session.window_nats if self.failure is None else None
+
+    @property
+    def params_changed(self) -> bool:
+        ready, after = self.session.ready or {}, self.session.params_after
+        return after is not None and ready.get("params_sha256") not in (None, after)
+
+
+def _validate_request(
+    windows: np.ndarray, window_bytes: np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    windows, window_bytes = np.asarray(windows), np.asarray(window_bytes)
+    if windows.ndim != 2 or windows.shape[1] != seq_len + 1 or windows.shape[0] == 0:
+        raise InfrastructureFault(
+            f"held-out windows must be (N, {seq_len + 1}), got {windows.shape}", code="eval.bad_request"
+        )
+    if not np.issubdtype(windows.dtype, np.integer) or windows.min() < 0:
+        raise InfrastructureFault(
+            "held-out windows must hold non-negative token ids", code="eval.bad_request"
+        )
+    if window_bytes.shape != (windows.shape[0],) or np.any(window_bytes <= 0):
+        raise InfrastructureFault("window_bytes must be (N,) positive byte counts", code="eval.bad_request")
+    return windows.astype(np.int64), window_bytes.astype(np.int64)
+
+
+def run_heldout(
+    spec: EvalProcessSpec,
+    *,
+    windows: np.ndarray,
+    window_bytes: np.ndarray,
+    heldout: HeldoutSpec,
+    limits: SandboxLimits,
+    log_dir: Path,
+    isolation: IsolationProbe,
+    extra_binds: tuple[Bind, ...] = (),
+) -> HeldoutResult:
+    """Measure one weights file on the given windows: check the file, evaluate, replay, decide.
+
+    Used for every run's own held-out measurement and for re-measuring an incumbent's stored
+    weights on a challenger's windows (paired comparison). Raises only for a malformed request.
+    """
+    windows, window_bytes = _validate_request(windows, window_bytes, int(spec.context["sequence_length"]))
+    weights = Path(spec.weights_path)
+    try:
+        inventory = inspect_weights(weights)
+    except MinerFault as exc:  # checked here, before any process reads it
+        failure = Failure(
+            code=exc.code, fault="miner", message=exc.message, phase="heldout", observed="checked by the host"
+        )
+        return HeldoutResult(HeldoutOutcome(), failure, None)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        HeldoutJob(
+            spec=spec,
+            submission_dir=Path(spec.submission_dir),
+            weights_path=weights,
+            log_path=log_dir / name,
+            limits=limits,
+            isolation=isolation,
+            extra_binds=extra_binds,
+        )
+        for name in ("heldout.log", "replay.log")
+    ]
+    outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout)
+    failure = first_failure(*(decide(o) for o in observations(outcome)))
+    return HeldoutResult(outcome, failure, inventory)
+
+
+__all__ = [
+    "HeldoutOutcome",
+    "HeldoutResult",
+    "ProcessRecord",
+    "measure_heldout",
+    "observations",
+    "run_heldout",
+]

@@ -26,10 +26,8 @@ from prism.errors import InfrastructureFault, MinerFault, OperatorError, PrismEr
 from prism.evaluator import sandbox as sb
 from prism.evaluator.artifacts import (
     GRAPH_FILE,
-    HELDOUT_LOG,
     METADATA_FILE,
     METRICS_FILE,
-    REPLAY_LOG,
     RUN_GRAPH_FILE,
     RUN_LOG,
     draw_loss_curves,
@@ -47,8 +45,7 @@ from prism.evaluator.context import (
     RunSpec,
 )
 from prism.evaluator.framing import ProtocolError
-from prism.evaluator.heldout_host import HeldoutJob
-from prism.evaluator.heldout_phase import measure_heldout, observations
+from prism.evaluator.heldout_phase import run_heldout
 from prism.evaluator.heldout_wire import EvalProcessSpec
 from prism.evaluator.identity_check import check_identity
 from prism.evaluator.manifest_build import RunEvidence, build_manifest, build_metrics
@@ -65,7 +62,7 @@ from prism.evaluator.plan import (
 from prism.evaluator.progress import RunProgress
 from prism.evaluator.recipe import reference_steps
 from prism.evaluator.train_phase import TrainingJob, TrainingOutcome, run_training
-from prism.evaluator.verdicts import Observation, decide, first_failure
+from prism.evaluator.verdicts import Observation, decide
 from prism.manifest import MANIFEST_FILENAME, Artifacts, Failure, RunManifest, read_manifest, write_manifest
 from prism.profiles import Profile
 
@@ -222,42 +219,48 @@ def _heldout(ev: RunEvidence, submission_dir: Path) -> Failure | None:
         seq_len=plan.regime.sequence_length,
         seed=plan.heldout_seed,
     )
-    main, replay = (_heldout_job(ev, submission_dir, log) for log in (HELDOUT_LOG, REPLAY_LOG))
-    ev.heldout = measure_heldout(main, replay, windows, window_bytes, profile.heldout)
-    failures = [decide(o) for o in observations(ev.heldout)]
-    session = ev.heldout.main.session
-    if ev.heldout.succeeded and ev.inventory is not None and session.canonical_graph and session.run_graph:
+    result = run_heldout(
+        _heldout_spec(ev, submission_dir),
+        windows=windows,
+        window_bytes=window_bytes,
+        heldout=profile.heldout,
+        limits=sb.SandboxLimits.from_profile(profile.limits, phase="eval", device=profile.device),
+        log_dir=plan.root,
+        isolation=ev.isolation,
+        extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
+    )
+    ev.heldout = result.outcome
+    session = result.session
+    if result.failure is None and ev.inventory is not None and session.canonical_graph and session.run_graph:
         mismatch = check_identity(session.canonical_graph, session.run_graph, ev.inventory)
         if mismatch is not None:
-            failures.append(
-                Failure(
-                    code=mismatch.code,
-                    fault="miner",
-                    message=mismatch.message,
-                    phase="heldout",
-                    observed="checked by the host",
-                )
+            return Failure(
+                code=mismatch.code,
+                fault="miner",
+                message=mismatch.message,
+                phase="heldout",
+                observed="checked by the host",
             )
-    return first_failure(*failures)
+    return result.failure
 
 
-def _heldout_job(ev: RunEvidence, submission_dir: Path, log: str) -> HeldoutJob:
+def _heldout_spec(ev: RunEvidence, submission_dir: Path) -> EvalProcessSpec:
     request, plan, profile = ev.request, ev.plan, ev.request.profile
     assert ev.training is not None and ev.training.weights is not None and ev.training.plan is not None
     spec = _run_spec(request, plan, submission_dir)
-    context = spec.context.model_dump() | {"checkpoint_dir": None, "resume_checkpoint_dir": None}
-    process_spec = EvalProcessSpec(
-        submission_dir=str(submission_dir), architecture_entrypoint=request.submission.architecture_entrypoint,
-        training_entrypoint=request.submission.training_entrypoint, weights_path=str(ev.training.weights), context=context,
-        canonical_context=profile.canonical_context.model_dump(), total_steps=ev.training.plan.total_steps,
-        use_inference_hooks=request.recipe_mode == "submitted", device=profile.device, torch_threads=spec.torch_threads,
+    return EvalProcessSpec(
+        submission_dir=str(submission_dir),
+        architecture_entrypoint=request.submission.architecture_entrypoint,
+        training_entrypoint=request.submission.training_entrypoint,
+        weights_path=str(ev.training.weights),
+        context=spec.context.model_dump() | {"checkpoint_dir": None, "resume_checkpoint_dir": None},
+        canonical_context=profile.canonical_context.model_dump(),
+        total_steps=ev.training.plan.total_steps,
+        use_inference_hooks=request.recipe_mode == "submitted",
+        device=profile.device,
+        torch_threads=spec.torch_threads,
         max_batch_size=profile.heldout.batch_size,
-    )  # fmt: skip
-    return HeldoutJob(
-        spec=process_spec, submission_dir=submission_dir, weights_path=ev.training.weights, log_path=plan.root / log,
-        limits=sb.SandboxLimits.from_profile(profile.limits, phase="eval", device=profile.device),
-        isolation=ev.isolation, extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------------------------

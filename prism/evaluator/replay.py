@@ -56,7 +56,8 @@ def draw_pairs(
 ) -> list[ReplayPair]:
     generator = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     chosen = generator.choice(n_windows, size=count, replace=False)
-    cuts = generator.integers(0, seq_len, size=count)
+    # cut <= T - 2: at least the input after the cut differs (cut = T - 1 would change only a target)
+    cuts = generator.integers(0, max(1, seq_len - 1), size=count)
     shifts = generator.integers(1, max(2, n_windows), size=count)
     return [
         ReplayPair(int(w), int(c), int((w + s) % n_windows))

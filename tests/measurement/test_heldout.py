@@ -11,19 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from prism.evaluator.heldout import (
-    ChannelTimeout,
-    FrameReader,
-    FrameWriter,
-    ProtocolError,
-    SessionOutcome,
-    classify_failure,
-    run_heldout,
-)
+from prism.evaluator.framing import ChannelTimeout, FrameReader, FrameWriter, ProtocolError
+from prism.evaluator.heldout_phase import run_heldout
+from prism.evaluator.heldout_wire import EvalProcessSpec
 from prism.evaluator.sandbox import SandboxLimits, probe_isolation
+from prism.profiles import HeldoutSpec
 
 CANONICAL = {"vocab_size": 257, "sequence_length": 32, "max_parameters": 200_000, "max_layers": 4}
 RUN_CONTEXT = {"vocab_size": 257, "sequence_length": 16, "max_parameters": 60_000, "max_layers": 2, "seed": 7}
+# Every window replayed, so a model that drifts or peeks is caught whichever windows it touches.
+HELDOUT = HeldoutSpec(windows=10, batch_size=4, seed=0, replay_fraction=1.0)
 
 
 def limits(wall_s: float = 120.0) -> SandboxLimits:
@@ -35,6 +32,17 @@ def limits(wall_s: float = 120.0) -> SandboxLimits:
         fsize_bytes=100_000_000,
         nofile=256,
         log_bytes=200_000,
+    )
+
+
+def _spec(root, weights) -> EvalProcessSpec:
+    return EvalProcessSpec(
+        submission_dir=str(root),
+        architecture_entrypoint="model.py",
+        weights_path=str(weights),
+        context=RUN_CONTEXT,
+        canonical_context=CANONICAL,
+        max_batch_size=HELDOUT.batch_size,
     )
 
 
@@ -50,6 +58,7 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
         name: str = "sub",
         corrupt_weights: bool = False,
         isolation=None,
+        heldout: HeldoutSpec = HELDOUT,
     ):
         root = tmp_path / name
         root.mkdir()
@@ -69,19 +78,13 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
             weights.write_bytes(b"\xff" * 64)
         windows, window_bytes = heldout_windows
         result = run_heldout(
-            submission_dir=root,
-            architecture_entrypoint="model.py",
-            training_entrypoint=None,
-            weights_path=weights,
-            context=RUN_CONTEXT,
-            canonical_context=CANONICAL,
+            _spec(root, weights),
             windows=windows,
             window_bytes=window_bytes,
-            batch_size=4,
+            heldout=heldout,
             limits=limits(wall_s),
-            log_path=tmp_path / f"{name}-out" / "heldout.log",
+            log_dir=tmp_path / f"{name}-out",
             isolation=isolation or probe_isolation(),
-            extra_binds=[],
         )
         return result, model, (tmp_path / f"{name}-out" / "heldout.log")
 
@@ -96,16 +99,25 @@ def test_bpb_equals_a_direct_computation_and_identity_is_recorded(
     assert result.failure is None, result.failure
     expected = contexts.bpb(model, windows, window_bytes)
     assert result.bpb == pytest.approx(expected, rel=1e-9)
-    assert result.tokens == windows.shape[0] * (windows.shape[1] - 1)
-    assert result.bytes == int(window_bytes.sum())
-    assert result.loss_nats == pytest.approx(result.bpb * math.log(2) * result.bytes / result.tokens)
-    assert result.batches == 3 and result.spot_checks == 12  # 10 windows in batches of 4
-    assert result.params_sha256_before == result.params_sha256_after and not result.params_changed
-    assert result.family_id.startswith("fam-") and result.version_id.startswith("ver-")
-    assert result.graph["canonical_context"]["sequence_length"] == 32
-    assert result.parameter_count == sum(p.numel() for p in model.parameters())
-    assert result.flops_per_token > 0 and result.sandbox.exit_code == 0
-    assert result.inference_path == "forward"
+    session = result.session
+    assert session.tokens == windows.shape[0] * (windows.shape[1] - 1)
+    assert session.bytes == int(window_bytes.sum())
+    assert result.loss_nats == pytest.approx(result.bpb * math.log(2) * session.bytes / session.tokens)
+    # 10 windows in batches of 4; with V = 257 every row is recomputed by the host
+    assert session.batches == 3 and session.spot_rows == session.tokens and result.outcome.budget.full
+    assert result.window_nats.shape == (10,) and result.window_nats.sum() == pytest.approx(session.total_nats)
+    assert not result.params_changed
+    graph = session.canonical_graph
+    assert graph["family_id"].startswith("fam-") and graph["version_id"].startswith("ver-")
+    assert graph["canonical_context"]["sequence_length"] == 32
+    assert session.run_graph["family_id"] == graph["family_id"]  # the trained model, run context
+    assert session.ready["parameter_count"] == sum(p.numel() for p in model.parameters())
+    assert graph["flops_per_token"] > 0 and result.outcome.main.result.exit_code == 0
+    assert session.ready["inference_path"] == "forward"
+    # the replay answered every window in a fresh process and agreed exactly
+    replay = result.outcome.replay
+    assert len(replay.pairs) == 10 and replay.comparison.max_deviation <= 1e-9
+    assert replay.comparison.positions == sum(p.cut + 1 for p in replay.pairs)
 
 
 def test_hook_that_mutates_weights_during_evaluation_is_detected(evaluate, tiny_model):
@@ -114,15 +126,19 @@ def test_hook_that_mutates_weights_during_evaluation_is_detected(evaluate, tiny_
         + """
 def inference_logits(model, batch, ctx):
     with torch.no_grad():
-        model.head.bias.add_(0.01)  # "learn" during evaluation
+        model.head.bias[:8].add_(0.05)  # "learn" during evaluation
     return model(batch["input_ids"])
 """
     )
     result, _, _ = evaluate(source)
-    assert result.failure is None, result.failure
-    assert result.inference_path == "inference_logits"
-    assert result.params_changed
-    assert result.params_sha256_before != result.params_sha256_after
+    # The fresh replay process starts from the trained weights again: it disagrees.
+    assert (result.failure.code, result.failure.fault, result.failure.phase) == (
+        "eval.replay_mismatch",
+        "miner",
+        "replay",
+    )
+    assert result.session.ready["inference_path"] == "inference_logits"
+    assert result.params_changed  # and the in-process hashes say so too (evidence)
 
 
 @pytest.mark.parametrize(
@@ -145,15 +161,12 @@ def test_a_process_that_reports_a_made_up_loss_is_caught_by_the_commitments(eval
         + """
 import __main__ as _heldout  # the evaluation process runs as python -m prism.evaluator.heldout
 
-def _reveal(self, targets, spots):
-    logits = self.logits.double()
-    lse = torch.logsumexp(logits, dim=-1) - 1e-3
-    rows = [logits[b, t].float().numpy().astype("<f4").tobytes() for b, t in spots]
-    self.logits = None
-    return lse.numpy().astype("<f8").tobytes() + b"".join(rows)
+def _target_logits(self, targets):
+    lse = torch.logsumexp(self.logits.double(), dim=-1) - 1e-3   # claim almost no loss anywhere
+    return lse.numpy().astype("<f8").tobytes()
 
 if hasattr(_heldout, "_Evaluator"):  # only inside the evaluation process
-    _heldout._Evaluator.reveal = _reveal
+    _heldout._Evaluator.target_logits = _target_logits
 """
     )
     result, _, _ = evaluate(cheat)
@@ -206,7 +219,8 @@ def _peek():
 def test_a_model_that_reads_future_tokens_is_refused(evaluate, tiny_model):
     leaky = tiny_model.replace("x.cumsum(dim=1) / steps", "x.flip(1).cumsum(dim=1).flip(1) / steps")
     result, _, _ = evaluate(leaky)
-    assert (result.failure.code, result.failure.fault) == ("eval.noncausal", "miner")
+    assert (result.failure.code, result.failure.fault) == ("eval.replay_mismatch", "miner")
+    assert any("causality" in note for note in result.session.advisory)  # the in-process check saw it too
 
 
 def test_weights_that_do_not_fit_the_rebuilt_model_are_a_miner_fault(evaluate, tiny_model):
@@ -217,14 +231,17 @@ def test_weights_that_do_not_fit_the_rebuilt_model_are_a_miner_fault(evaluate, t
 
 def test_unreadable_weights_are_the_submissions_fault(evaluate, tiny_model):
     result, _, _ = evaluate(tiny_model, corrupt_weights=True)
-    assert (result.failure.code, result.failure.fault) == ("eval.weights_mismatch", "miner")
+    assert (result.failure.code, result.failure.fault) == (
+        "budget.weights_invalid",
+        "miner",
+    )  # the host's check
 
 
 def test_degraded_isolation_measures_the_same(evaluate, tiny_model, heldout_windows, contexts):
     # Hosts without bubblewrap run rlimits-only; the measurement must not change.
     result, model, _ = evaluate(tiny_model, isolation=probe_isolation(force_degraded=True))
     assert result.failure is None, result.failure
-    assert result.sandbox.isolation.mode == "degraded"
+    assert result.outcome.main.result.isolation.mode == "degraded"
     windows, window_bytes = heldout_windows
     assert result.bpb == pytest.approx(contexts.bpb(model, windows, window_bytes), rel=1e-9)
 
@@ -234,7 +251,8 @@ def test_submission_crash_at_import_is_the_submissions_fault(evaluate, tiny_mode
     result, _, _ = evaluate(crash, weights_source=tiny_model)
     assert result.failure.fault == "miner"
     assert result.failure.code == "eval.import_failed"
-    assert result.sandbox.exit_code == 3
+    assert result.failure.frames and result.failure.frames[-1].file == "model.py"  # the miner's own line
+    assert result.session.reported_error["code"] == "eval.import_failed"  # what it said (evidence)
 
 
 @pytest.mark.slow
@@ -278,43 +296,14 @@ def test_a_silent_peer_times_out():
         os.close(write_fd)
 
 
-class _Ended:
-    def __init__(self, exit_code, *, timed_out=False, memory_exceeded=False):
-        self.exit_code, self.signal = exit_code, None
-        self.timed_out, self.memory_exceeded = timed_out, memory_exceeded
-
-
-def test_failures_before_submission_code_runs_are_ours_after_it_the_submissions():
-    before = SessionOutcome(error=ProtocolError("closed"))
-    assert classify_failure(before, _Ended(1)).fault == "infrastructure"
-    after = SessionOutcome(hello=True, error=ProtocolError("closed"))
-    assert classify_failure(after, _Ended(1)).fault == "miner"
-    # A process that claims "infrastructure" after importing the submission is not believed.
-    lying = SessionOutcome(
-        hello=True,
-        error=ProtocolError("closed"),
-        reported_error={"code": "eval.spec_invalid", "fault": "infrastructure", "message": "retry me"},
-    )
-    assert classify_failure(lying, _Ended(4)).fault == "miner"
-    timed_out = SessionOutcome(hello=True, error=ProtocolError("closed"))
-    assert classify_failure(timed_out, _Ended(None, timed_out=True)).code == "eval.timeout"
-    assert classify_failure(SessionOutcome(hello=True), _Ended(0)) is None
-
-
 def test_malformed_requests_are_refused_before_any_process_starts(tmp_path):
     with pytest.raises(Exception, match="windows must be"):
         run_heldout(
-            submission_dir=tmp_path,
-            architecture_entrypoint="model.py",
-            training_entrypoint=None,
-            weights_path=tmp_path / "missing.safetensors",
-            context=RUN_CONTEXT,
-            canonical_context=CANONICAL,
+            _spec(tmp_path, tmp_path / "missing.safetensors"),
             windows=np.zeros((3, 5), dtype=np.int64),
             window_bytes=np.ones(3, dtype=np.int64),
-            batch_size=2,
+            heldout=HELDOUT,
             limits=limits(),
-            log_path=tmp_path / "log",
+            log_dir=tmp_path / "log",
             isolation=probe_isolation(),
-            extra_binds=[],
         )
