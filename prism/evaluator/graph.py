@@ -30,6 +30,7 @@ the graph records ``torch_version`` so a mismatch can be diagnosed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from prism.errors import MinerFault
 from prism.evaluator.graph_emit import Emitted, emit
 from prism.evaluator.graph_fuse import fuse
 from prism.evaluator.graph_nodes import build_canonical
-from prism.evaluator.graph_trace import GraphRecordingError, Trace, TraceRecorder
+from prism.evaluator.graph_trace import GraphRecordingError, Trace, TraceRecorder, untracked_inputs
 from prism.evaluator.interface import PrismContext
 from prism.identity import MAX_FAMILY_OPS, collapse_repeats
 
@@ -130,20 +131,37 @@ def canonical_tokens(ctx: PrismContext) -> torch.Tensor:
     return ((positions * 7919 + 13) % ctx.vocab_size).unsqueeze(0)
 
 
+def probe_tokens(ctx: PrismContext) -> torch.Tensor:
+    """A second fixed batch, different from ``canonical_tokens`` at almost every position."""
+    positions = torch.arange(ctx.sequence_length, dtype=torch.int64)
+    return ((positions * 104729 + 71) % ctx.vocab_size).unsqueeze(0)
+
+
 def record_architecture(model: torch.nn.Module, ctx: PrismContext) -> ArchitectureGraph:
     """Run one canonical forward of ``model`` and return its graph with family and version ids.
 
     The model is moved to CPU float32 and put in eval mode: the recording must be the same on
-    every validator, whatever device the run trained on.
+    every validator, whatever device the run trained on. A second forward on other tokens
+    checks that no value bypassed the recorder (``graph_trace.untracked_inputs``).
     """
     model = model.to(device="cpu", dtype=torch.float32).eval()
     tokens = canonical_tokens(ctx)
-    recorder = TraceRecorder(model, tokens, max_ops=MAX_RECORDED_OPS)
     flop_counter = FlopCounterMode(display=False)
+    trace = _trace(model, tokens, ctx, flop_counter)
+    problem = untracked_inputs(trace, _trace(model, probe_tokens(ctx), ctx, None))
+    if problem is not None:
+        raise GraphRecordingError(f"identity cannot be recorded: {problem}", code="graph.untracked_value")
+    return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())
+
+
+def _trace(
+    model: torch.nn.Module, tokens: torch.Tensor, ctx: PrismContext, flop_counter: FlopCounterMode | None
+) -> Trace:
+    recorder = TraceRecorder(model, tokens, max_ops=MAX_RECORDED_OPS)
     try:
-        with torch.no_grad(), flop_counter, recorder:
+        with torch.no_grad(), flop_counter or contextlib.nullcontext(), recorder:
             result = model(tokens)
-        trace = recorder.trace(result)
+        return recorder.trace(result)
     except MinerFault:
         raise
     except Exception as exc:  # any failure in submission code is the submission's fault
@@ -151,7 +169,6 @@ def record_architecture(model: torch.nn.Module, ctx: PrismContext) -> Architectu
             f"model(tokens) failed at the canonical context (B=1, T={ctx.sequence_length}): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())
 
 
 def canonicalize(trace: Trace, parameters: list[tuple[list[int], str]]) -> Emitted:
@@ -266,5 +283,6 @@ __all__ = [
     "ParameterRecord",
     "canonical_tokens",
     "collapse_repeats",
+    "probe_tokens",
     "record_architecture",
 ]

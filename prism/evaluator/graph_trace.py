@@ -19,6 +19,7 @@ Each node keeps its output tensors, so canonicalisation can replay single ops on
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class TraceNode:
     written: frozenset[Ref] = frozenset()  # arguments the op mutates
     param_index: int | None = None
     inputs: list[Ref] = field(default_factory=list)  # every Ref in args/kwargs, in order
+    external: bool = False  # a constant that is neither a buffer nor a frozen parameter
 
     @property
     def name(self) -> str:
@@ -109,6 +111,7 @@ class TraceRecorder(TorchDispatchMode):
         self._params = {id(p): i for i, p in enumerate(model.parameters())}
         self._param_storage = {_storage_key(p): i for i, p in enumerate(model.parameters())}
         self._frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+        self._buffers = {id(b) for b in model.buffers()}
         self.parameter_count = len(self._params)
 
     # -- public -------------------------------------------------------------------------------
@@ -178,7 +181,8 @@ class TraceRecorder(TorchDispatchMode):
         elif index is not None and id(tensor) not in self._frozen:
             node = self._add_node("param", param_index=index)
         else:  # buffers, frozen parameters, tensors kept as plain attributes
-            node = self._add_node("const")
+            external = id(tensor) not in self._buffers and index is None
+            node = self._add_node("const", external=external)
         node.outputs = [tensor]
         ref = Ref(node.index, 0)
         self._register(tensor, ref)
@@ -219,6 +223,49 @@ class TraceRecorder(TorchDispatchMode):
             )
 
 
+def _digest(tensor: torch.Tensor) -> str:
+    head = f"{tensor.dtype}:{tuple(tensor.shape)}"
+    try:
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+    except (RuntimeError, TypeError, ValueError):  # sparse, quantized, ...: compare by layout only
+        return head
+    return f"{head}:{hashlib.sha256(data).hexdigest()}"
+
+
+def _floats(trace: Trace) -> set[str]:
+    found = set()
+    for node in trace.nodes:
+        for value in tree_flatten((node.args, node.kwargs))[0]:
+            if isinstance(value, float):
+                found.add(repr(value))
+    return found
+
+
+def untracked_inputs(first: Trace, second: Trace) -> str | None:
+    """Why two traces of the same model on different tokens show a value that bypassed the
+    recorder, or None.
+
+    A value computed from the tokens that leaves torch (``.numpy()``, ``.tolist()``,
+    ``.item()``) and comes back would look like a constant and hide the computation that made
+    it. So every constant that entered from outside torch (``torch.from_numpy``, a literal) in
+    either trace must be a value the other trace also has, and every Python float the second
+    trace passes to an op must appear in the first (one way: a cache built on the first call
+    passes floats the second call does not)."""
+    seen = [{_digest(v) for n in trace.nodes for v in n.outputs} for trace in (first, second)]
+    for i, trace in enumerate((first, second)):
+        for node in trace.nodes:
+            if node.external and _digest(node.outputs[0]) not in seen[1 - i]:
+                return f"a tensor of shape {list(node.outputs[0].shape)} entered the forward from outside torch and depends on the input tokens"
+    # One way only: a cache built on the first call passes floats the second call does not.
+    new = _floats(second) - _floats(first)
+    if new:
+        changed = sorted(new)[:3]
+        return (
+            f"op arguments {', '.join(changed)} depend on the input tokens (a value left torch and came back)"
+        )
+    return None
+
+
 def replay(node: TraceNode, lookup: Callable[[Ref], torch.Tensor]) -> list[torch.Tensor]:
     """Run ``node``'s op again with every input taken from ``lookup`` (mutated ones copied)."""
 
@@ -247,4 +294,5 @@ __all__ = [
     "TraceNode",
     "TraceRecorder",
     "replay",
+    "untracked_inputs",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from gpt_variants import Attention, build
 from torch import nn
+
+from prism.errors import MinerFault
 
 VOCAB, WIDTH = 257, 16
 
@@ -154,3 +157,40 @@ def test_dead_parameters_and_their_ops_are_not_recorded(record):
     assert "tanh" not in graph.op_counts
     live = [op for op in graph.ops if op.computation]
     assert live and not any("tanh" in op.op for op in live)
+
+
+class Smuggler(nn.Module):
+    """Computes through numpy or a Python float, or uses honest constants built outside torch."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.mix, self.route = nn.Embedding(VOCAB, WIDTH), nn.Linear(WIDTH, WIDTH), route
+        self.cache: torch.Tensor | None = None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        if self.route == "numpy":  # the tanh layer would vanish from the graph
+            x = torch.from_numpy(np.tanh(self.mix(x).numpy()))
+        elif self.route == "float":  # a token-dependent scale disguised as a constant
+            x = x * float(self.mix(x).mean())
+        elif self.route == "numpy constant":
+            x = x * torch.from_numpy(np.linspace(0.5, 1.5, WIDTH, dtype=np.float32))
+        elif self.route == "cached constant":  # built by ops on the first call, reused after
+            if self.cache is None:
+                self.cache = torch.linspace(0.5, 1.5, WIDTH)
+            x = x * self.cache
+        return x @ self.embed.weight.t()
+
+
+@pytest.mark.parametrize("route", ["numpy", "float"])
+def test_values_that_leave_torch_and_come_back_are_refused(route, record):
+    with pytest.raises(MinerFault) as raised:
+        record(Smuggler(route))
+    assert raised.value.code == "graph.untracked_value"
+
+
+@pytest.mark.parametrize("route", ["numpy constant", "cached constant"])
+def test_constants_built_outside_torch_are_fine(route, record):
+    graph = record(Smuggler(route))
+    assert graph.op_counts == {"embedding": 1, "mm": 1, "mul": 1}
