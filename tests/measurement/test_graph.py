@@ -1,4 +1,7 @@
-"""Architecture graph and identity: what changes a family, what only changes a version."""
+"""Architecture graph and identity: what changes a family, what only changes a version.
+
+The no-op and equivalent-form table is in tests/identity/test_table.py (docs/identity.md).
+"""
 
 from __future__ import annotations
 
@@ -180,6 +183,11 @@ def test_graph_counts_flops_parameters_and_is_source_free_json(contexts):
     assert graph.flops_per_token == 2 * 24 * 257  # one (T, 24) x (24, 257) matmul per token
     assert graph.forward_tokens == ctx.sequence_length
     assert graph.op_counts == {"embedding": 1, "mm": 1, "add": 1}
+    assert graph.schema_version == "prism_architecture_graph.v2" and graph.canonical_ops == 3
+    # addmm (a kernel choice) is spelled mm + add; each input is labelled by where it comes from.
+    assert graph.family_ops == ["embedding(param,tok)", "mm(-1,param)", "add(-1,param)"]
+    live = [op.op for op in graph.ops if op.computation]
+    assert live == ["aten.embedding.default", "aten.addmm.default"]  # views are not computation
     assert [m.cls for m in graph.modules] == ["_Bigram", "Embedding", "Linear"]
     text = json.dumps(graph.model_dump(mode="json"))
     assert "def forward" not in text and "return self.head" not in text
