@@ -138,6 +138,8 @@ class Builder:
         func, name = tnode.func, ops.packet(tnode.func)
         if ops.is_random(func, tnode.args, tnode.kwargs):
             return None
+        if name in ops.EMPTY_OPS:  # uninitialised memory: no value to record
+            return [Edge(const=torch.zeros_like(v)) for v in tnode.outputs]
         relevant = tnode.inputs
         if name in ops.IGNORES_SELF_VALUES and tnode.args and isinstance(tnode.args[0], Ref):
             relevant = [r for r in tnode.inputs if r != tnode.args[0]]

@@ -51,6 +51,11 @@ IGNORES_SELF_VALUES: frozenset[str] = frozenset(
     }
 )
 
+#: Ops that return uninitialised memory: their values mean nothing and are recorded as zeros.
+EMPTY_OPS: frozenset[str] = frozenset(
+    {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided"}
+)
+
 #: Ops that return their input unchanged (same values, shape and dtype).
 IDENTITY_OPS: frozenset[str] = frozenset(
     {
@@ -322,6 +327,7 @@ def constant_fingerprint(tensor: torch.Tensor) -> str:
 __all__ = [
     "BINARY_POINTWISE",
     "COMMUTATIVE",
+    "EMPTY_OPS",
     "IDENTITY_OPS",
     "IGNORES_SELF_VALUES",
     "MULTI_SELECTIONS",
