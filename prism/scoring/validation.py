@@ -95,6 +95,9 @@ def _policy_mismatch(manifest: RunManifest, record: SubmissionRecord, policy: Sc
     """Reasons that make a run not belong to this scoring at all."""
     if (manifest.profile.name, manifest.profile.version) != (policy.profile, policy.profile_version):
         return "profile.mismatch"
+    if manifest.profile.official and not manifest.is_current_schema:
+        # Its numbers were computed inside a process that ran submission code: never scored.
+        return "run.outdated_evaluator"
     if manifest.comparability.profile_key != policy.profile_key:
         return "profile.mismatch"
     if manifest.submission.zip_sha256 != record.zip_sha256:
@@ -113,9 +116,8 @@ def _gate_reasons(manifest: RunManifest, record: SubmissionRecord, policy: Scori
     elif m.heldout_bpb is None or m.probe_bpb is None or m.first_probe_loss_nats is None:
         reasons.add("run.incomplete")
     vocab = manifest.dataset.tokenizer.vocab_size
-    if m.first_probe_loss_nats is not None and m.first_probe_loss_nats < policy.smuggle_factor * math.log(
-        vocab
-    ):
+    early = [x for x in (m.first_probe_loss_nats, m.early_probe_loss_nats) if x is not None]
+    if early and min(early) < policy.smuggle_factor * math.log(vocab):
         reasons.add("gate.smuggled_weights")
     hashes_differ = (
         d.params_sha256_before_eval is not None

@@ -520,3 +520,31 @@ def test_rules_schedule_is_ascending_and_version_1_never_changes() -> None:
     }  # fmt: skip
     changed = {k for k, v in RULES_V2.model_dump().items() if RULES_V1.model_dump()[k] != v}
     assert changed == {"version", "owner_share", "comparison", "architecture_z", "training_dedup"}
+
+
+def test_official_runs_of_an_older_evaluator_are_never_scored() -> None:
+    """Schema v1 manifests were measured inside a process that ran submission code."""
+    current = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
+    old = [m.model_copy(update={"schema_version": "prism_run_manifest.v1"}) for m in current]
+    result = compute_weights([record("a", "alice", 1, old, family="A", version="A1")], policy(), UIDS, 5)
+    assert result.weights == {}
+    verdicts = result.leaderboard.submissions[0].runs
+    assert verdicts and all(
+        v.outcome == "ignored" and v.reasons == ("run.outdated_evaluator",) for v in verdicts
+    )
+    fresh = compute_weights([record("a", "alice", 1, current, family="A", version="A1")], policy(), UIDS, 5)
+    assert fresh.weights  # the same numbers from the current evaluator are scored
+
+
+def test_smuggling_gate_reads_the_early_curve_not_only_the_first_probe() -> None:
+    """A submission that answers the first probe uniformly and its smuggled table right after."""
+    runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
+    runs[0] = make_manifest(
+        "a", regime=runs[0].regime.name, seed=runs[0].seed, family="A", version="A1",
+        heldout=1.2, first_probe_nats=math.log(257), early_probe_loss_nats=0.3 * math.log(257),
+    )  # fmt: skip
+    result = compute_weights([record("a", "alice", 1, runs, family="A", version="A1")], policy(), UIDS, 5)
+    assert result.weights == {}
+    assert "gate.smuggled_weights" in next(
+        v.reasons for v in result.leaderboard.submissions[0].runs if v.outcome == "failed"
+    )
