@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from prism.evaluator import graph_ops as ops
 from prism.evaluator.graph_canon import REPLAY_ERRORS, CanonGraph, CNode, Edge, Out, materialize, random_like
+from prism.evaluator.graph_cones import fold_identities
 from prism.evaluator.graph_nodes import attention_arguments
 from prism.evaluator.graph_split import split_projections
 
@@ -41,6 +42,7 @@ REGION_WINDOW = 24
 
 
 def fuse(graph: CanonGraph) -> None:
+    fold_identities(graph)
     fuse_softmax(graph)
     fuse_norms(graph)
     fuse_attention(graph)

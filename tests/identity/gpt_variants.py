@@ -70,6 +70,9 @@ NOOPS = {
     "clone",
     "double_float",
     "swap_operands",
+    "relu_difference",
+    "abs_times_sign",
+    "where_either_way",
 }
 
 
@@ -247,6 +250,12 @@ class GPT(nn.Module):
             x = x + 0 * x
         if "minus_zero" in noops:
             x = x - 0
+        if "relu_difference" in noops:
+            x = F.relu(x) - F.relu(-x)
+        if "abs_times_sign" in noops:
+            x = x.abs() * x.sign()
+        if "where_either_way" in noops:
+            x = torch.where(x > 0, x, x)
         for block in self.blocks:
             x = block(x)
         return self.ln_final(x) @ self.token_embedding.weight.t()

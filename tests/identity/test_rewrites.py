@@ -122,8 +122,10 @@ def _with_attention(record, attend):  # type: ignore[no-untyped-def]
         (lambda m, x: m.norm(x.half().float()), False, False),  # a lossy cast is kept
         (lambda m, x: m.norm(x.flip(-1).flip(-1)), True, True),  # two flips select every element
         (lambda m, x: m.norm(torch.cat([x[..., :5], x[..., 5:]], -1)), True, True),
+        (lambda m, x: m.norm(F.relu(x) - F.relu(-x)), True, True),  # several ops, one identity
+        (lambda m, x: m.norm(F.relu(x) - 0.5 * F.relu(-x)), False, False),  # a leaky relu
     ],
-    ids=["scale", "relu", "half-cast", "double-flip", "cat-of-slices"],
+    ids=["scale", "relu", "half-cast", "double-flip", "cat-of-slices", "relu-difference", "leaky"],
 )
 def test_only_true_identities_disappear(body, same_family, same_version, record):
     base = record(TinyLM(layer_norm))
