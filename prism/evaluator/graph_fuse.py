@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +74,17 @@ def _randoms(graph: CanonGraph, edges: list[Edge], std: float = 1.0) -> dict[Out
     return env
 
 
+Reference = Callable[[dict[Out, torch.Tensor]], torch.Tensor]
+
+
 def _checked(
-    graph: CanonGraph, region: list[CNode], inputs: list[Edge], output: Out, reference, stds=(1.0,)
-) -> bool:  # type: ignore[no-untyped-def]
+    graph: CanonGraph,
+    region: list[CNode],
+    inputs: list[Edge],
+    output: Out,
+    reference: Reference,
+    stds: tuple[float, ...] = (1.0,),
+) -> bool:
     """Replay ``region`` on random ``inputs`` and compare ``output`` with ``reference(env)``."""
     try:
         for std in stds:
@@ -86,7 +97,15 @@ def _checked(
     return True
 
 
-def _replace(graph: CanonGraph, old: CNode, op: str, edges: list[Edge], args: dict, fn, covers) -> CNode:  # type: ignore[no-untyped-def]
+def _replace(
+    graph: CanonGraph,
+    old: CNode,
+    op: str,
+    edges: list[Edge],
+    args: dict[str, Any],
+    fn: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+    covers: Iterable[int],
+) -> CNode:
     node = CNode(op=op, edges=edges, values=list(old.values[:1]), args=args, fn=fn, position=old.position)
     node.covers = tuple(sorted(set(covers)))
     graph.add(node)
@@ -201,11 +220,11 @@ def _fuse_region(graph: CanonGraph, x: Edge, region: list[CNode]) -> bool:
         params = _unique([e for n in cone for e in n.edges if e.src is not None and e.src[0].op == "param"])
         if any(materialize(p).numel() != width for p in params) or len(params) > 2:
             continue
-        for op, weight, bias, eps in _norm_candidates(cone, params):
-            reference = _norm_reference(op, uses[0], weight, bias, eps, width)
-            stds = (1.0, math.sqrt(eps)) if eps > 0 else (1.0,)
-            if _checked(graph, cone, [uses[0], *params], top.out(), reference, stds):
-                _build_norm(graph, top, op, uses[0], weight, bias, eps, width, cone)
+        for norm in _norm_candidates(cone, params, uses[0], width):
+            stds = (1.0, math.sqrt(norm.eps)) if norm.eps > 0 else (1.0,)
+            if _checked(graph, cone, [uses[0], *params], top.out(), norm.reference, stds):
+                covers = [i for n in cone for i in n.covers]
+                _replace(graph, top, norm.op, norm.edges(), norm.args(), norm.run, covers)
                 return True
     return False
 
@@ -224,59 +243,67 @@ def _unique(edges: list[Edge]) -> list[Edge]:
     return seen
 
 
-def _norm_candidates(cone: list[CNode], params: list[Edge]):  # type: ignore[no-untyped-def]
-    eps_values = sorted(
-        {
-            float(e.const.reshape(-1)[0])
-            for n in cone
-            if n.op == "add"
-            for e in n.edges
-            if e.const is not None and e.const.numel() == 1
-        }
-    ) or [0.0]
+@dataclass(frozen=True)
+class _Norm:
+    """A candidate fused norm: ``layer_norm`` or ``rms_norm`` over the last ``width`` elements."""
+
+    op: str
+    x: Edge
+    weight: Edge | None
+    bias: Edge | None
+    eps: float
+    width: int
+
+    def compute(self, x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:
+        w = w.reshape(self.width) if w is not None else None
+        if self.op == "layer_norm":
+            return F.layer_norm(
+                x, (self.width,), w, b.reshape(self.width) if b is not None else None, self.eps
+            )
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out * w if w is not None else out
+
+    def reference(self, env: dict[Out, torch.Tensor]) -> torch.Tensor:
+        w, b = (materialize(e, env).double() if e is not None else None for e in (self.weight, self.bias))
+        return self.compute(materialize(self.x, env).double(), w, b)
+
+    def edges(self) -> list[Edge]:
+        return [self.x.copy()] + [e.copy() for e in (self.weight, self.bias) if e is not None]
+
+    def run(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        w = xs[1] if self.weight is not None else None
+        b = xs[-1] if self.bias is not None else None
+        return [self.compute(xs[0], w, b)]
+
+    def args(self) -> dict[str, Any]:
+        """The version arguments ``native_layer_norm`` gets (absent affine parts are None)."""
+        args: dict[str, Any] = {"normalized_shape": [self.width], "eps": ops.float_text(self.eps)}
+        if self.weight is None:
+            args["weight"] = None
+        if self.op == "layer_norm" and self.bias is None:
+            args["bias"] = None
+        return args
+
+
+def _norm_candidates(cone: list[CNode], params: list[Edge], x: Edge, width: int) -> Iterator[_Norm]:
+    added = {
+        float(e.const.reshape(-1)[0])
+        for n in cone
+        if n.op == "add"
+        for e in n.edges
+        if e.const is not None and e.const.numel() == 1
+    }
     assignments: list[tuple[Edge | None, Edge | None]] = [(None, None)]
     if len(params) == 1:
         assignments = [(params[0], None), (None, params[0])]
     elif len(params) == 2:
         assignments = [(params[0], params[1]), (params[1], params[0])]
-    for eps in eps_values:
+    for eps in sorted(added) or [0.0]:
         for weight, bias in assignments:
-            yield "layer_norm", weight, bias, eps
+            yield _Norm("layer_norm", x, weight, bias, eps, width)
         for weight, bias in assignments:
             if bias is None:
-                yield "rms_norm", weight, None, eps
-
-
-def _norm_reference(op, x_edge, weight, bias, eps, width):  # type: ignore[no-untyped-def]
-    def reference(env: dict[Out, torch.Tensor]) -> torch.Tensor:
-        x = materialize(x_edge, env).double()
-        w = materialize(weight, env).double().reshape(width) if weight is not None else None
-        b = materialize(bias, env).double().reshape(width) if bias is not None else None
-        if op == "layer_norm":
-            return F.layer_norm(x, (width,), w, b, eps)
-        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return out * w if w is not None else out
-
-    return reference
-
-
-def _build_norm(graph, top, op, x, weight, bias, eps, width, cone) -> None:  # type: ignore[no-untyped-def]
-    edges = [x.copy()] + [e.copy() for e in (weight, bias) if e is not None]
-    args: dict = {"normalized_shape": [width], "eps": ops.float_text(eps)}
-    if weight is None:
-        args["weight"] = None
-    if op == "layer_norm" and bias is None:
-        args["bias"] = None
-
-    def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        w = xs[1].reshape(width) if weight is not None else None
-        if op == "layer_norm":
-            b = xs[-1].reshape(width) if bias is not None else None
-            return [F.layer_norm(xs[0], (width,), w, b, eps)]
-        out = xs[0] * torch.rsqrt(xs[0].pow(2).mean(-1, keepdim=True) + eps)
-        return [out * w if w is not None else out]
-
-    _replace(graph, top, op, edges, args, run, [i for n in cone for i in n.covers])
+                yield _Norm("rms_norm", x, weight, None, eps, width)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +380,16 @@ def _allowed(fill: CNode, scores: CNode) -> torch.Tensor | None:
     return ~filled
 
 
-def _build_attention(graph, out, region, query, key_t, values, scale, allowed) -> None:  # type: ignore[no-untyped-def]
+def _build_attention(
+    graph: CanonGraph,
+    out: CNode,
+    region: list[CNode],
+    query: Edge,
+    key_t: Edge,
+    values: Edge,
+    scale: float,
+    allowed: torch.Tensor | None,
+) -> None:
     head_dim = query.shape[-1]
     key_map = key_t.map
     if key_map is None:

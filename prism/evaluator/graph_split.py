@@ -89,7 +89,13 @@ def _piece_edges(node: CNode, start: int, size: int) -> list[Edge] | None:
     return edges
 
 
-def _split(graph: CanonGraph, node: CNode, readers, blocks: list[tuple[int, int]], uses: Uses) -> None:  # type: ignore[no-untyped-def]
+def _split(
+    graph: CanonGraph,
+    node: CNode,
+    readers: list[tuple[CNode | None, Edge]],
+    blocks: list[tuple[int, int]],
+    uses: Uses,
+) -> None:
     width = node.values[0].shape[-1]
     pieces: dict[tuple[int, int], CNode] = {}
     for start, size in blocks:
