@@ -44,7 +44,13 @@ from prism.errors import MinerFault
 from prism.evaluator.graph_emit import Emitted, emit
 from prism.evaluator.graph_fuse import fuse
 from prism.evaluator.graph_nodes import build_canonical
-from prism.evaluator.graph_trace import GraphRecordingError, Trace, TraceRecorder, untracked_inputs
+from prism.evaluator.graph_trace import (
+    MAX_RECORDED_BYTES,
+    GraphRecordingError,
+    Trace,
+    TraceRecorder,
+    untracked_inputs,
+)
 from prism.evaluator.interface import PrismContext
 from prism.identity import MAX_FAMILY_OPS, collapse_repeats
 
@@ -137,27 +143,35 @@ def probe_tokens(ctx: PrismContext) -> torch.Tensor:
     return ((positions * 104729 + 71) % ctx.vocab_size).unsqueeze(0)
 
 
-def record_architecture(model: torch.nn.Module, ctx: PrismContext) -> ArchitectureGraph:
+def record_architecture(
+    model: torch.nn.Module, ctx: PrismContext, *, max_recorded_bytes: int = MAX_RECORDED_BYTES
+) -> ArchitectureGraph:
     """Run one canonical forward of ``model`` and return its graph with family and version ids.
 
     The model is moved to CPU float32 and put in eval mode: the recording must be the same on
     every validator, whatever device the run trained on. A second forward on other tokens
     checks that no value bypassed the recorder (``graph_trace.untracked_inputs``).
+    ``max_recorded_bytes`` bounds the values one forward may hold (1 GiB suits the canonical
+    context; recording at a large run context needs more, see docs/identity.md).
     """
     model = model.to(device="cpu", dtype=torch.float32).eval()
     tokens = canonical_tokens(ctx)
     flop_counter = FlopCounterMode(display=False)
-    trace = _trace(model, tokens, ctx, flop_counter)
-    problem = untracked_inputs(trace, _trace(model, probe_tokens(ctx), ctx, None))
+    trace = _trace(model, tokens, ctx, flop_counter, max_recorded_bytes)
+    problem = untracked_inputs(trace, _trace(model, probe_tokens(ctx), ctx, None, max_recorded_bytes))
     if problem is not None:
         raise GraphRecordingError(f"identity cannot be recorded: {problem}", code="graph.untracked_value")
     return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())
 
 
 def _trace(
-    model: torch.nn.Module, tokens: torch.Tensor, ctx: PrismContext, flop_counter: FlopCounterMode | None
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    ctx: PrismContext,
+    flop_counter: FlopCounterMode | None,
+    max_bytes: int,
 ) -> Trace:
-    recorder = TraceRecorder(model, tokens, max_ops=MAX_RECORDED_OPS)
+    recorder = TraceRecorder(model, tokens, max_ops=MAX_RECORDED_OPS, max_bytes=max_bytes)
     try:
         with torch.no_grad(), flop_counter or contextlib.nullcontext(), recorder:
             result = model(tokens)
@@ -274,6 +288,7 @@ __all__ = [
     "FAMILY_PREFIX",
     "GRAPH_SCHEMA",
     "MAX_FAMILY_OPS",
+    "MAX_RECORDED_BYTES",
     "MAX_RECORDED_OPS",
     "VERSION_PREFIX",
     "ArchitectureGraph",

@@ -92,13 +92,9 @@ def _reroute(graph: CanonGraph, node: CNode, value: Edge) -> None:
     for edge in graph.edges():
         if edge.src is None or edge.src[0] is not node:
             continue
-        replacement = derived(value, edge.map, edge.scale)
-        edge.src, edge.map, edge.scale, edge.const = (
-            replacement.src,
-            replacement.map,
-            replacement.scale,
-            replacement.const,
-        )
+        replacement = derived(value, edge.map, edge.scale, shape=edge.reshape)
+        edge.src, edge.map, edge.scale = replacement.src, replacement.map, replacement.scale
+        edge.const, edge.reshape = replacement.const, replacement.reshape
 
 
 __all__ = ["CONE_LIMIT", "fold_identities"]

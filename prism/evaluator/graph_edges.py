@@ -44,6 +44,7 @@ class Edge:
     map: torch.Tensor | None = None
     scale: float = 1.0
     const: torch.Tensor | None = None
+    reshape: tuple[int, ...] | None = None  # with no map: all elements in order, this shape
 
     @property
     def is_const(self) -> bool:
@@ -57,10 +58,12 @@ class Edge:
     def shape(self) -> tuple[int, ...]:
         if self.const is not None:
             return tuple(self.const.shape)
-        return tuple(self.map.shape) if self.map is not None else tuple(self.source_value().shape)
+        if self.map is not None:
+            return tuple(self.map.shape)
+        return self.reshape if self.reshape is not None else tuple(self.source_value().shape)
 
     def copy(self) -> Edge:
-        return Edge(src=self.src, map=self.map, scale=self.scale, const=self.const)
+        return Edge(src=self.src, map=self.map, scale=self.scale, const=self.const, reshape=self.reshape)
 
 
 def materialize(edge: Edge, env: dict[Out, torch.Tensor] | None = None) -> torch.Tensor:
@@ -71,26 +74,47 @@ def materialize(edge: Edge, env: dict[Out, torch.Tensor] | None = None) -> torch
     base = env.get(edge.src) if env else None
     if base is None:
         base = edge.source_value()
-    value = base if edge.map is None else base.reshape(-1)[edge.map]
+    if edge.map is not None:
+        value = base.reshape(-1)[edge.map]
+    else:
+        value = base.reshape(edge.reshape) if edge.reshape is not None else base
     return value * edge.scale if edge.scale != 1.0 else value
 
 
-def derived(edge: Edge, local: torch.Tensor | None, scale: float = 1.0) -> Edge:
-    """``edge`` followed by the selection ``local`` (indices into the edge's own value)."""
+def is_flat_identity(mapping: torch.Tensor, numel: int) -> bool:
+    """The map takes every element once, in order (a reshape at most)."""
+    flat = mapping.reshape(-1)
+    return flat.numel() == numel and bool((flat == torch.arange(numel, dtype=flat.dtype)).all())
+
+
+def derived(
+    edge: Edge, local: torch.Tensor | None, scale: float = 1.0, shape: tuple[int, ...] | None = None
+) -> Edge:
+    """``edge`` followed by the selection ``local`` (indices into the edge's own value), or by
+    a reshape to ``shape`` when ``local`` is None, times ``scale``."""
     if edge.const is not None:
         value = edge.const if local is None else edge.const.reshape(-1)[local]
+        value = value.reshape(shape) if local is None and shape is not None else value
         return Edge(const=value * scale if scale != 1.0 else value)
-    mapping = edge.map if local is None else local if edge.map is None else edge.map.reshape(-1)[local]
-    return Edge(src=edge.src, map=_identity_to_none(edge, mapping), scale=edge.scale * scale)
+    if local is None:
+        if edge.map is not None:
+            mapping = edge.map.reshape(shape) if shape is not None else edge.map
+            return _compact(edge, mapping, None, scale)
+        return _compact(edge, None, shape if shape is not None else edge.reshape, scale)
+    mapping = local if edge.map is None else edge.map.reshape(-1)[local]
+    return _compact(edge, mapping, None, scale)
 
 
-def _identity_to_none(edge: Edge, mapping: torch.Tensor | None) -> torch.Tensor | None:
-    if mapping is None:
-        return None
+def _compact(edge: Edge, mapping: torch.Tensor | None, shape: tuple[int, ...] | None, scale: float) -> Edge:
+    """Maps that keep every element in order become a reshape; others are stored as int32."""
     source = edge.source_value()
-    if tuple(mapping.shape) != tuple(source.shape):
-        return mapping
-    return None if torch.equal(mapping.reshape(-1), torch.arange(source.numel())) else mapping
+    if mapping is not None and is_flat_identity(mapping, source.numel()):
+        mapping, shape = None, tuple(mapping.shape)
+    if mapping is not None and source.numel() < 2**31:
+        mapping = mapping.to(torch.int32)
+    if shape is not None and tuple(shape) == tuple(source.shape):
+        shape = None
+    return Edge(src=edge.src, map=mapping, reshape=shape, scale=edge.scale * scale)
 
 
 @dataclass
@@ -154,4 +178,14 @@ def index_tensor(value: torch.Tensor) -> torch.Tensor:
     return torch.arange(value.numel(), dtype=dtype).reshape(value.shape)
 
 
-__all__ = ["CNode", "CanonGraph", "Edge", "Out", "derived", "index_tensor", "materialize", "random_like"]
+__all__ = [
+    "CNode",
+    "CanonGraph",
+    "Edge",
+    "Out",
+    "derived",
+    "index_tensor",
+    "is_flat_identity",
+    "materialize",
+    "random_like",
+]

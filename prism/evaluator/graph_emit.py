@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from prism.evaluator import graph_ops as ops
-from prism.evaluator.graph_canon import CanonGraph, CNode, Edge
+from prism.evaluator.graph_edges import CanonGraph, CNode, Edge, is_flat_identity
 
 SOURCE_OPS = frozenset({"tokens", "param"})
 #: Ops taking a list of tensors: their labels must not depend on how many there are.
@@ -176,9 +176,8 @@ def _edge_entry(node: CNode | None, edge: Edge, index: dict[int, int], params: d
         ref = ["p", params.setdefault(src.param_index, len(params))]
     else:
         ref = ["n", index[id(src)], k]
-    numel = src.values[k].numel()
-    flat = None if edge.map is None else edge.map.reshape(-1)
-    same = flat is None or torch.equal(flat, torch.arange(numel))
+    flat = None if edge.map is None else edge.map.reshape(-1).to(torch.int64)
+    same = flat is None or is_flat_identity(flat, src.values[k].numel())
     selection = "all" if same else f"{flat.numel()}:{_digest(flat)}"
     return [*ref, selection, ops.float_text(edge.scale)]
 

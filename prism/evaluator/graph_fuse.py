@@ -28,8 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from prism.evaluator import graph_ops as ops
-from prism.evaluator.graph_canon import REPLAY_ERRORS, CanonGraph, CNode, Edge, Out, materialize, random_like
+from prism.evaluator.graph_canon import REPLAY_ERRORS
 from prism.evaluator.graph_cones import fold_identities
+from prism.evaluator.graph_edges import (
+    CanonGraph,
+    CNode,
+    Edge,
+    Out,
+    is_flat_identity,
+    materialize,
+    random_like,
+)
 from prism.evaluator.graph_nodes import attention_arguments
 from prism.evaluator.graph_split import split_projections
 
@@ -230,7 +239,7 @@ def _fuse_region(graph: CanonGraph, x: Edge, region: list[CNode]) -> bool:
 
 
 def _same_selection(a: Edge, b: Edge) -> bool:
-    if a.scale != b.scale or (a.map is None) != (b.map is None):
+    if a.scale != b.scale or (a.map is None) != (b.map is None) or a.shape != b.shape:
         return False
     return a.map is None or torch.equal(a.map, b.map)
 
@@ -318,7 +327,7 @@ def fuse_attention(graph: CanonGraph) -> None:
 
 def _plain(edge: Edge) -> bool:
     """The edge carries its source's elements in order (a reshape at most), unscaled or not."""
-    return edge.map is None or torch.equal(edge.map.reshape(-1), torch.arange(edge.source_value().numel()))
+    return edge.map is None or is_flat_identity(edge.map, edge.source_value().numel())
 
 
 def _try_attention(graph: CanonGraph, out: CNode) -> None:
@@ -395,7 +404,8 @@ def _build_attention(
     if key_map is None:
         key_map = torch.arange(key_t.source_value().numel()).reshape(key_t.shape)
     key = Edge(src=key_t.src, map=key_map.transpose(-1, -2).contiguous(), scale=1.0)
-    q = Edge(src=query.src, map=query.map, scale=1.0)
+    q = query.copy()
+    q.scale = 1.0
     pattern = None
     if allowed is not None:
         flat = allowed.reshape(-1, *allowed.shape[-2:])

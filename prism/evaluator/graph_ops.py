@@ -71,6 +71,9 @@ IDENTITY_OPS: frozenset[str] = frozenset(
     }
 )
 
+#: Copying reshapes: every element once, in order, in a new shape.
+RESHAPES: frozenset[str] = frozenset({"_unsafe_view", "view_copy", "reshape", "_reshape_copy"})
+
 #: Multi-output selections that are not marked as views (copying variants of split/unbind).
 MULTI_SELECTIONS: frozenset[str] = frozenset(
     {
@@ -333,6 +336,7 @@ __all__ = [
     "MULTI_SELECTIONS",
     "POINTWISE",
     "RANDOM_OPS",
+    "RESHAPES",
     "UNARY_POINTWISE",
     "argument",
     "canonical_name",

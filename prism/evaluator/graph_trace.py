@@ -97,10 +97,13 @@ def _written_arguments(func: Any, args: tuple, kwargs: dict) -> list[torch.Tenso
 class TraceRecorder(TorchDispatchMode):
     """Builds a ``Trace`` of the forward it observes."""
 
-    def __init__(self, model: torch.nn.Module, tokens: torch.Tensor, *, max_ops: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokens: torch.Tensor, *, max_ops: int, max_bytes: int = MAX_RECORDED_BYTES
+    ) -> None:
         super().__init__()
         self.nodes: list[TraceNode] = []
         self._max_ops = max_ops
+        self._max_bytes = max_bytes
         self._bytes = 0
         self._seq = 0
         self._by_id: dict[int, tuple[Ref, int]] = {}
@@ -215,10 +218,9 @@ class TraceRecorder(TorchDispatchMode):
 
     def _count_bytes(self, tensor: torch.Tensor) -> None:
         self._bytes += tensor.numel() * tensor.element_size()
-        if self._bytes > MAX_RECORDED_BYTES:
+        if self._bytes > self._max_bytes:
             raise GraphRecordingError(
-                f"the forward at the canonical context holds more than {MAX_RECORDED_BYTES} bytes "
-                "of intermediate values",
+                f"the recorded forward holds more than {self._max_bytes} bytes of intermediate values",
                 code="graph.too_large",
             )
 
