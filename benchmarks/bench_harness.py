@@ -2,16 +2,16 @@
 
 Both loops train the same model (examples/gpt at the local_cpu_smoke regime, identical init) on
 the same batches in the same process with the same thread count. The harness loop is
-``prism.evaluator.runner.train_loop`` as the runner calls it in reference mode: online probe on
-a quarter of every batch (eval-mode forward through the inference path), lr schedule, grad clip,
-deferred finiteness checks and probe.jsonl writes. The bare loop is forward, cross-entropy,
-backward, clip, AdamW step. Runs alternate (bare, harness, bare, harness, ...) so machine load
-hits both alike; the best of N repeats of each is compared (the median ratio is printed too).
+``prism.evaluator.loop.train_loop`` as the runner calls it in the reference recipe: the online
+probe taken from the update's own loss (no second forward), lr schedule, grad clip, deferred
+finiteness checks, probe.jsonl writes, strict deterministic algorithms. The bare loop is
+forward, cross-entropy, backward, clip, AdamW step. Runs alternate (bare, harness, ...) so
+machine load hits both alike; the best of N repeats is compared (the median ratio is printed too).
 
-Also measured: cold start from the ZIP bytes to the end of the first training step, in process,
-excluding the torch import (intake, write-out, import, build, recipe, optimizer, data loader).
+Also measured: the training feed's throughput (batches the host streams over a Unix socket to a
+separate reading process) against what the loop consumes, so the feed's cost is known too.
 
-    python benchmarks/bench_harness.py [--steps 40] [--repeats 3] [--threads 1]
+    python benchmarks/bench_harness.py [--steps 60] [--repeats 4] [--threads 1]
 
 Prints one JSON object.
 """
@@ -21,46 +21,44 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from prism.data import TrainLoader, ensure_offline_corpus
-from prism.evaluator import runner
 from prism.evaluator.context import ContextValues, make_context
 from prism.evaluator.interface import TrainingRecipe
 from prism.evaluator.loading import load_submission_modules
+from prism.evaluator.loop import Dist, LoopHooks, LoopParts, ProbeWriter, make_harness_optimizer, train_loop
+from prism.evaluator.recipe import plan_training
 from prism.profiles import load_profile
 from prism.submission import load_submission_bytes, pack_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _batches(data_dir: Path, batch: int, seq_len: int, steps: int) -> list[runner.TrainBatch]:
+def _batches(data_dir: Path, batch: int, seq_len: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
     loader = iter(TrainLoader(data_dir, batch_size=batch, seq_len=seq_len, seed=1, check_hashes=False))
-    out = []
-    for _ in range(steps):
-        b = next(loader)
-        out.append(runner.TrainBatch(tokens=torch.from_numpy(b.tokens), window_bytes=b.window_bytes))
-    return out
+    return [(b.tokens, np.asarray(b.window_bytes)) for b in (next(loader) for _ in range(steps))]
 
 
 def _fresh_model(build, ctx) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build(ctx)
-    model.train()
-    return model
+    return build(ctx).train()
 
 
-def bare_loop(model: torch.nn.Module, batches: list[runner.TrainBatch], lr: float, vocab: int) -> float:
+def bare_loop(model: torch.nn.Module, batches, lr: float, vocab: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     start = time.perf_counter()
-    for batch in batches:
-        x, y = batch.tokens[:, :-1], batch.tokens[:, 1:]
+    for tokens, _ in batches:
+        tokens = torch.from_numpy(tokens)
+        x, y = tokens[:, :-1], tokens[:, 1:]
         loss = F.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -70,66 +68,48 @@ def bare_loop(model: torch.nn.Module, batches: list[runner.TrainBatch], lr: floa
     return time.perf_counter() - start
 
 
-def harness_loop(model, batches, recipe: TrainingRecipe, ctx, probe_fraction: float, out: Path) -> float:
-    opt = runner.make_harness_optimizer(model, recipe)
-    probe = runner.ProbeWriter(out / "probe.jsonl", runner.Dist())
+def harness_loop(model: torch.nn.Module, batches, regime, lr_window, ctx, out: Path) -> float:
+    plan = plan_training(TrainingRecipe(learning_rate=1e-3), regime, lr_window=lr_window, recipe_mode="reference", world_size=1, custom_optimizer=False)
+    plan = plan.model_copy(update={"total_steps": len(batches)})
+    parts = LoopParts(
+        model=model, train_model=model, optimizer=make_harness_optimizer(model, plan.recipe), hooks=LoopHooks(inference={}),
+        ctx=ctx, plan=plan, harness_schedule=True, probe=ProbeWriter(out / "probe.jsonl", Dist()), probe_from_train_loss=True,
+        probe_every=1, probe_fraction=0.25, device=torch.device("cpu"),
+    )  # fmt: skip
+    torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
-    runner.train_loop(
-        model=model,
-        train_model=model,
-        optimizer=opt,
-        scheduler=None,
-        batches=iter(batches),
-        hooks=runner.LoopHooks(inference={}),
-        ctx=ctx,
-        recipe=recipe,
-        harness_schedule=True,
-        total_steps=len(batches),
-        start_step=0,
-        global_batch=recipe.batch_size,
-        probe_every=1,
-        probe_fraction=probe_fraction,
-        probe=probe,
-        flush_every=50,
-    )
-    return time.perf_counter() - start
+    train_loop(parts, iter(batches), flush_every=50)
+    elapsed = time.perf_counter() - start
+    torch.use_deterministic_algorithms(False)
+    return elapsed
 
 
-def cold_start(
-    zip_bytes: bytes, data_dir: Path, ctx_values: ContextValues, recipe_batch: int
-) -> dict[str, float]:
-    """ZIP bytes -> first training step done, in process (torch already imported)."""
-    t0 = time.perf_counter()
-    submission = load_submission_bytes(zip_bytes, filename="gpt.zip")
-    t_intake = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        submission.write_to(Path(tmp) / "s")
-        loaded = load_submission_modules(
-            Path(tmp) / "s", submission.architecture_entrypoint, submission.training_entrypoint
-        )
-        ctx = make_context(ctx_values)
-        model, _, _ = runner.build_checked_model(loaded.architecture.build_model, ctx)
-        recipe = loaded.architecture.get_recipe(ctx)
-        opt = runner.make_harness_optimizer(model, recipe)
-        t_build = time.perf_counter()
-        loader = iter(
-            TrainLoader(
-                data_dir, batch_size=recipe_batch, seq_len=ctx.sequence_length, seed=1, check_hashes=False
-            )
-        )
-        tokens = torch.from_numpy(next(loader).tokens)
-        loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, ctx.vocab_size), tokens[:, 1:].reshape(-1))
-        loss.backward()
-        opt.step()
-        t_step = time.perf_counter()
-    for name in ("model", "train", "config", "layers"):
-        sys.modules.pop(name, None)
-    return {
-        "intake_s": t_intake - t0,
-        "import_build_s": t_build - t_intake,
-        "first_step_s": t_step - t_build,
-        "total_s": t_step - t0,
-    }
+FEED_READER = """
+import sys, time
+from prism.evaluator.feed_client import FeedClient
+from prism.evaluator.interface import TrainingRecipe
+client = FeedClient(sys.argv[1]); client.hello(0, 1)
+plan = client.plan(TrainingRecipe(), custom_optimizer=False)
+start = time.perf_counter(); n = sum(1 for _ in client.batches(plan))
+print(n / (time.perf_counter() - start))
+"""
+
+
+def feed_throughput(data_dir: Path, regime, lr_window, steps: int) -> float:
+    """Batches per second the host's feed delivers to a separate process (its reader side only)."""
+    from prism.evaluator.feed import TrainingFeed
+    from prism.evaluator.train_phase import host_batches
+
+    def make_plan(declared, custom):
+        plan = plan_training(declared, regime, lr_window=lr_window, recipe_mode="reference", world_size=1, custom_optimizer=False)
+        return plan.model_copy(update={"total_steps": steps})
+
+    with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
+        feed = TrainingFeed(Path(tmp), world_size=1, deadline=time.monotonic() + 600, make_plan=make_plan,
+                            batches=lambda plan, rank: host_batches(data_dir, plan, rank, seed=1), vocab_size=257)  # fmt: skip
+        with feed:
+            out = subprocess.run([sys.executable, "-c", FEED_READER, str(feed.path)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
 
 
 def main() -> None:
@@ -144,73 +124,37 @@ def main() -> None:
     regime = profile.regimes[0]
     data_dir = Path.home() / ".cache" / "prism" / "data" / "offline-byte"
     ensure_offline_corpus(data_dir, tokenizer="byte")
-    values = ContextValues(
-        vocab_size=257,
-        sequence_length=regime.sequence_length,
-        max_layers=regime.max_layers,
-        max_parameters=regime.max_parameters,
-        seed=1,
-    )
+    values = ContextValues(vocab_size=257, sequence_length=regime.sequence_length, max_layers=regime.max_layers, max_parameters=regime.max_parameters, seed=1)
     zip_bytes = pack_directory(ROOT / "examples" / "gpt")
-    cold = [cold_start(zip_bytes, data_dir, values, regime.batch_size) for _ in range(args.repeats)]
-
     with tempfile.TemporaryDirectory() as tmp:
         submission = load_submission_bytes(zip_bytes, filename="gpt.zip")
         submission.write_to(Path(tmp) / "s")
-        loaded = load_submission_modules(
-            Path(tmp) / "s", submission.architecture_entrypoint, submission.training_entrypoint
-        )
+        loaded = load_submission_modules(Path(tmp) / "s", submission.architecture_entrypoint, submission.training_entrypoint)
         ctx = make_context(values)
         build = loaded.architecture.build_model
-        recipe = TrainingRecipe(
-            learning_rate=1e-3,
-            batch_size=regime.batch_size,
-            weight_decay=0.1,
-            betas=(0.9, 0.95),
-            grad_clip=1.0,
-        )
         batches = _batches(data_dir, regime.batch_size, regime.sequence_length, args.steps)
         bare_loop(_fresh_model(build, ctx), batches[:5], 1e-3, 257)  # warm-up (allocator, kernels)
         bare, harness = [], []
         for repeat in range(args.repeats):
-            # Alternate which loop goes first so drifting machine load does not favour either.
             order = ("bare", "harness") if repeat % 2 == 0 else ("harness", "bare")
             for which in order:
                 if which == "bare":
                     bare.append(bare_loop(_fresh_model(build, ctx), batches, 1e-3, 257))
                 else:
-                    harness.append(
-                        harness_loop(
-                            _fresh_model(build, ctx), batches, recipe, ctx, profile.probe.fraction, Path(tmp)
-                        )
-                    )
+                    harness.append(harness_loop(_fresh_model(build, ctx), batches, regime, profile.lr_window, ctx, Path(tmp)))
         params = sum(p.numel() for p in _fresh_model(build, ctx).parameters())
-
+    feed_bps = feed_throughput(data_dir, regime, profile.lr_window, steps=2000)
     tokens = args.steps * regime.batch_size * regime.sequence_length
-    # Best of N: on a shared machine the fastest repeat is the one least disturbed by other load.
-    bare_tps = tokens / min(bare)
-    harness_tps = tokens / min(harness)
-    print(
-        json.dumps(
-            {
-                "model": "examples/gpt @ local_cpu_smoke",
-                "parameters": params,
-                "threads": args.threads,
-                "steps": args.steps,
-                "batch": [regime.batch_size, regime.sequence_length],
-                "probe_fraction": profile.probe.fraction,
-                "bare_tokens_per_s": round(bare_tps, 1),
-                "harness_tokens_per_s": round(harness_tps, 1),
-                "harness_over_bare": round(harness_tps / bare_tps, 3),
-                "harness_over_bare_median": round(statistics.median(bare) / statistics.median(harness), 3),
-                "bare_s": [round(x, 3) for x in bare],
-                "harness_s": [round(x, 3) for x in harness],
-                "cold_start_zip_to_first_step_s": round(statistics.median(c["total_s"] for c in cold), 3),
-                "cold_start_parts_s": {k: round(statistics.median(c[k] for c in cold), 3) for k in cold[0]},
-            },
-            indent=2,
-        )
-    )
+    bare_tps, harness_tps = tokens / min(bare), tokens / min(harness)
+    print(json.dumps({
+        "model": "examples/gpt @ local_cpu_smoke", "parameters": params, "threads": args.threads, "steps": args.steps,
+        "batch": [regime.batch_size, regime.sequence_length], "probe_source": "train_loss",
+        "bare_tokens_per_s": round(bare_tps, 1), "harness_tokens_per_s": round(harness_tps, 1),
+        "harness_over_bare": round(harness_tps / bare_tps, 3),
+        "harness_over_bare_median": round(statistics.median(bare) / statistics.median(harness), 3),
+        "bare_s": [round(x, 3) for x in bare], "harness_s": [round(x, 3) for x in harness],
+        "feed_batches_per_s": round(feed_bps, 1), "loop_steps_per_s": round(args.steps / min(harness), 1),
+    }, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

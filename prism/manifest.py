@@ -290,6 +290,9 @@ class Artifacts(_Strict):
     metrics: str | None = None
     checkpoint: str | None = None
     plot: str | None = None
+    plot_png: str | None = Field(
+        default=None, description="smoothed PNG loss curve (a baseline overlaid by prism eval)"
+    )
 
     @field_validator("*")
     @classmethod

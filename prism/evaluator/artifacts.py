@@ -155,21 +155,29 @@ def downsample(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]
 
 
 def draw_loss_curves(
-    root: Path, *, probes: list[dict[str, Any]], heldout: list[Any], title: str
-) -> list[str]:
-    """SVG and PNG loss curves next to the manifest; a plot is a convenience, never a failure."""
+    root: Path, *, probes: list[dict[str, Any]], heldout: list[Any], title: str, baseline: Any = None
+) -> tuple[str | None, str | None]:
+    """The SVG (raw probe curve) and the PNG (smoothed, the baseline ``LossCurve`` overlaid when
+    given) next to the manifest. A plot is a convenience, never a failure: (svg, png) names or None."""
     if not probes:
-        return []
-    from prism.evaluator.plot import plot_run
+        return None, None
+    from prism.evaluator.plot import plot_loss_png, plot_run
 
-    written = []
-    for name in (PLOT_FILE, PLOT_PNG_FILE):
+    written: list[str | None] = []
+    for name, draw in (
+        (PLOT_FILE, lambda path: plot_run(path, probes=probes, heldout=heldout, title=title)),
+        (
+            PLOT_PNG_FILE,
+            lambda path: plot_loss_png(path, probes=probes, heldout=heldout, baseline=baseline, title=title),
+        ),
+    ):
         try:
-            plot_run(root / name, probes=probes, heldout=heldout, title=title)
+            draw(root / name)
             written.append(name)
         except Exception as exc:  # matplotlib failures must not fail a measured run
             logger.warning("could not draw %s: %s", name, exc)
-    return written
+            written.append(None)
+    return written[0], written[1]
 
 
 __all__ = [

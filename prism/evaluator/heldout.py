@@ -26,9 +26,12 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from prism.errors import InfrastructureFault, MinerFault, PrismError
 from prism.evaluator.framing import FrameReader, FrameWriter, ProtocolError
@@ -53,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_MINER_FAULT, EXIT_INFRA_FAULT = 0, 3, 4
 LSE_CHUNK_ROWS = 1024
+PARALLEL_ROW_BYTES = 16_384
 # Advisory in-process causality check (the verdict is the host's replay in a fresh process).
 CAUSALITY_ATOL = 1e-4
 CAUSALITY_RTOL = 1e-4
@@ -105,6 +109,21 @@ def params_sha256(model: Any) -> str:
         digest.update(json.dumps(list(tensor.shape)).encode("ascii") + b"\0")
         digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def row_digests(rows: np.ndarray, threads: int) -> bytes:
+    """sha256 of every float32 row, concatenated. Large rows (GPT-2 vocab: 200 KB) are hashed by a
+    thread pool: hashlib releases the GIL for buffers that big, so the commitment scales with cores."""
+
+    def chunk(lo: int, hi: int) -> bytes:
+        return b"".join(hashlib.sha256(rows[i].tobytes()).digest() for i in range(lo, hi))
+
+    n = rows.shape[0]
+    if threads <= 1 or rows.shape[1] * 4 < PARALLEL_ROW_BYTES or n < 2 * threads:
+        return chunk(0, n)
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return b"".join(pool.map(chunk, bounds[:-1], bounds[1:]))
 
 
 class _Evaluator:
@@ -233,9 +252,7 @@ class _Evaluator:
                 for i in range(0, rows.shape[0], LSE_CHUNK_ROWS)
             ]
         )
-        row_bytes = rows.numpy()
-        digests = b"".join(hashlib.sha256(row_bytes[i].tobytes()).digest() for i in range(row_bytes.shape[0]))
-        return lse.numpy().astype("<f8").tobytes() + digests
+        return lse.numpy().astype("<f8").tobytes() + row_digests(rows.numpy(), self.spec.torch_threads)
 
     def target_logits(self, targets: Any) -> bytes:
         # Gathering the float32 logit and widening it is exact, and needs no float64 copy.

@@ -216,7 +216,9 @@ class HeldoutSession:
         spots = self.spots(out.batches, rows, seq_len)  # drawn only now, after z is fixed
         self.writer.write({"type": SPOTS, "batch": out.batches, "positions": [[b, t] for b, t in spots]})
         _, raw_rows = self._read(ROWS)
+        verify_start = time.monotonic()
         self._verify_rows(first, raw_rows, spots, lse, z, digests, targets)
+        out.timings_s["verify"] = out.timings_s.get("verify", 0.0) + time.monotonic() - verify_start
         losses = np.minimum(lse - z, self.cap)  # (B, T) nats per position, capped
         out.clipped += int(np.count_nonzero(lse - z > self.cap))
         out.lse[first : first + rows], out.target_logit[first : first + rows] = lse, z

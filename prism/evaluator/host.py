@@ -288,8 +288,9 @@ def _write_artifacts(ev: RunEvidence) -> None:
     report = ev.training.report if ev.training else None
     if report is not None and report.checkpoint is not None and ev.failure is None:
         artifacts.checkpoint = f"{SANDBOX_OUT}/{CHECKPOINT_DIRNAME}/{report.checkpoint.path}"
-    drawn = draw_loss_curves(root, probes=probes, heldout=metrics.loss_vs_tokens, title=ev.plan.run_id)
-    artifacts.plot = drawn[0] if drawn else None
+    artifacts.plot, artifacts.plot_png = draw_loss_curves(
+        root, probes=probes, heldout=metrics.loss_vs_tokens, title=ev.plan.run_id
+    )
 
 
 def _architecture_metadata(graph: dict, ev: RunEvidence) -> dict:  # type: ignore[type-arg]
@@ -378,6 +379,7 @@ def evaluate(
     attempt: int = 0,
     resume_checkpoint_dir: Path | None = None,
     on_manifest: Callable[[RunManifest, Path], None] | None = None,
+    on_cached: Callable[[RunManifest], None] | None = None,
     calibration_dir: Path | None = None,
     force: bool = False,
     cell_seeds: dict[tuple[str, int], tuple[int, int]] | None = None,
@@ -420,6 +422,8 @@ def evaluate(
                         "run %s already finished (%s); not recomputed", plan.run_id, existing.status.state
                     )
                     manifests.append(existing)
+                    if on_cached is not None:
+                        on_cached(existing)
                     continue
                 manifests.append(run_one(request, plan, submission_dir, isolation, bars))
                 if on_manifest is not None:
