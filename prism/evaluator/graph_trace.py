@@ -98,7 +98,12 @@ class TraceRecorder(TorchDispatchMode):
     """Builds a ``Trace`` of the forward it observes."""
 
     def __init__(
-        self, model: torch.nn.Module, tokens: torch.Tensor, *, max_ops: int, max_bytes: int = MAX_RECORDED_BYTES
+        self,
+        model: torch.nn.Module,
+        tokens: torch.Tensor,
+        *,
+        max_ops: int,
+        max_bytes: int = MAX_RECORDED_BYTES,
     ) -> None:
         super().__init__()
         self.nodes: list[TraceNode] = []
