@@ -188,6 +188,18 @@ class ComputeRecord(_Strict):
     calibration_key: str | None = None
 
 
+class ThroughputRecord(_Strict):
+    """Training speed as the host timed it (from the plan to the end of the training sandbox)."""
+
+    tokens_per_s: float
+    train_flops_per_token: float | None = Field(
+        default=None, description="3 x the forward FLOPs per token recorded at the run's context (evidence)"
+    )
+    device: str | None = Field(default=None, description="what the host's driver reports")
+    peak_flops: float | None = Field(default=None, description="dense bf16 peak of that device, FLOP/s")
+    mfu: float | None = Field(default=None, description="model FLOPs utilisation: achieved / peak")
+
+
 class BudgetRecord(_Strict):
     """Budgets counted by the host from the trained weights file (every tensor, each storage once)."""
 
@@ -323,6 +335,7 @@ class RunManifest(_Strict):
     timings_s: dict[str, float] = Field(default_factory=dict)
     metrics: Metrics = Field(default_factory=Metrics)
     compute: ComputeRecord | None = None
+    throughput: ThroughputRecord | None = None
     budget: BudgetRecord | None = None
     integrity: IntegrityRecord | None = None
     diagnostics: Diagnostics = Field(default_factory=Diagnostics)

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_MINER_FAULT, EXIT_INFRA_FAULT = 0, 3, 4
 LSE_CHUNK_ROWS = 1024
 PARALLEL_ROW_BYTES = 16_384
+RUN_GRAPH_MAX_BYTES = 8 << 30
 # Advisory in-process causality check (the verdict is the host's replay in a fresh process).
 CAUSALITY_ATOL = 1e-4
 CAUSALITY_RTOL = 1e-4
@@ -197,7 +198,10 @@ class _Evaluator:
         """The graph of the trained model at the run's context (identity tied to what was trained)."""
         from prism.evaluator.graph import record_architecture
 
-        return record_architecture(self.model, self.ctx).model_dump(mode="json")
+        # After the last batch: recording moves the model to CPU float32. Run contexts are large.
+        return record_architecture(self.model, self.ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES).model_dump(
+            mode="json"
+        )
 
     def _build(self, ctx: Any, what: str) -> Any:
         model = call_submission("eval.build_failed", what, self.build_model, ctx)
@@ -208,7 +212,9 @@ class _Evaluator:
         return model
 
     def forward(self, input_ids: Any) -> Any:
-        with self.t.no_grad():
+        # The reference recipe's bf16 autocast on CUDA, as in training; logits go out as float32.
+        autocast = self.spec.device == "cuda" and not self.spec.use_inference_hooks
+        with self.t.no_grad(), self.t.torch.autocast("cuda", dtype=self.t.torch.bfloat16, enabled=autocast):
             logits = call_submission(
                 "eval.forward_failed",
                 "inference",

@@ -44,6 +44,7 @@ from prism.evaluator.context import (
     ContextValues,
     RunSpec,
 )
+from prism.evaluator.devices import gpu_health
 from prism.evaluator.framing import ProtocolError
 from prism.evaluator.heldout_phase import run_heldout
 from prism.evaluator.heldout_wire import EvalProcessSpec
@@ -318,6 +319,7 @@ def run_one(
         request=request,
         isolation=isolation,
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        gpu_names=gpu_health().names if request.profile.device == "cuda" else (),
     )
     try:
         ev.calibration = _calibration(request, plan, isolation)
@@ -339,6 +341,7 @@ def run_one(
         ev.timings["heldout_sandbox"] = time.perf_counter() - t
         if ev.heldout is not None:
             ev.timings.update({f"heldout_{k}": v for k, v in ev.heldout.timings_s.items()})
+    ev.failure = _device_verdict(ev)
     if ev.training is not None and ev.training.report is not None:
         ev.timings.update({f"runner_{k}": v for k, v in ev.training.report.timings_s.items()})
     ev.timings["total"] = time.perf_counter() - t0
@@ -347,6 +350,21 @@ def run_one(
     write_manifest(manifest, plan.root)
     make_read_only(plan.sandbox_out)  # the record of what the submission wrote stays as it was
     return manifest
+
+
+def _device_verdict(ev: RunEvidence) -> Failure | None:
+    """A GPU run that failed, on a GPU the driver no longer reports healthy, failed on our side."""
+    failure = ev.failure
+    if ev.request.profile.device != "cuda" or failure is None or failure.fault != "miner":
+        return failure
+    health = gpu_health()
+    if health.ok:
+        return failure
+    return Failure(
+        code="device.unhealthy", fault="infrastructure", phase=failure.phase,
+        message=f"{failure.code} on a GPU that then failed the host's check: {health.detail}",
+        observed="the host's device check failed",
+    )  # fmt: skip
 
 
 def existing_result(plan: RunPlan) -> RunManifest | None:

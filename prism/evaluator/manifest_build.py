@@ -16,6 +16,7 @@ from typing import Any
 from prism import __version__ as prism_version
 from prism.evaluator.budgets import WeightsInventory
 from prism.evaluator.calibration import Calibration
+from prism.evaluator.devices import peak_flops
 from prism.evaluator.heldout_phase import HeldoutOutcome
 from prism.evaluator.interface import HOOK_NAMES
 from prism.evaluator.plan import EVALUATOR_VERSION, EvalRequest, RunPlan
@@ -43,6 +44,7 @@ from prism.manifest import (
     RunManifest,
     Status,
     SubmissionIds,
+    ThroughputRecord,
     Validation,
 )  # fmt: skip
 from prism.profiles import Profile
@@ -77,6 +79,7 @@ class RunEvidence:
     failure: Failure | None = None
     artifacts: Artifacts = field(default_factory=Artifacts)
     timings: dict[str, float] = field(default_factory=dict)
+    gpu_names: tuple[str, ...] = ()  # from the host's driver, not from the sandbox
 
 
 def _finite(value: Any) -> float | None:
@@ -187,6 +190,30 @@ def build_compute(ev: RunEvidence) -> ComputeRecord | None:
         cap=ev.request.profile.limits.compute_cap,
         calibration_key=ev.calibration.key if ev.calibration else None,
     )
+
+
+def build_throughput(ev: RunEvidence) -> ThroughputRecord | None:
+    """Tokens per second timed by the host and, on a known GPU, the model FLOPs utilisation."""
+    training = ev.training
+    seconds = training.training_seconds if training else None
+    if training is None or training.plan is None or not seconds or seconds <= 0:
+        return None
+    tokens_per_s = (
+        training.plan.steps_this_attempt
+        * training.plan.global_batch
+        * training.plan.sequence_length
+        / seconds
+    )
+    session = ev.heldout.main.session if ev.heldout else None
+    forward = _finite(session.run_graph.get("flops_per_token")) if session and session.run_graph else None
+    train_flops = 3.0 * forward if forward else None  # forward + backward (twice the forward)
+    device = ev.gpu_names[0] if ev.gpu_names else None
+    peak = peak_flops(device) if device else None
+    mfu = tokens_per_s * train_flops / (peak * ev.request.nproc) if train_flops and peak else None
+    return ThroughputRecord(
+        tokens_per_s=round(tokens_per_s, 1), train_flops_per_token=train_flops, device=device, peak_flops=peak,
+        mfu=round(mfu, 4) if mfu is not None else None,
+    )  # fmt: skip
 
 
 def build_integrity(ev: RunEvidence) -> IntegrityRecord | None:
@@ -339,7 +366,9 @@ def _recipe(plan: TrainPlan) -> RecipeRecord:
         "optimizer_source": "configure_optimizer" if plan.custom_optimizer else "harness",
         "mode": plan.recipe_mode,
     }
-    return RecipeRecord(declared=plan.declared.model_dump(mode="json"), effective=effective, clamped=plan.clamped)
+    return RecipeRecord(
+        declared=plan.declared.model_dump(mode="json"), effective=effective, clamped=plan.clamped
+    )
 
 
 def build_manifest(ev: RunEvidence) -> RunManifest:
@@ -392,6 +421,7 @@ def build_manifest(ev: RunEvidence) -> RunManifest:
         timings_s={k: round(v, 3) for k, v in ev.timings.items()},
         metrics=metrics,
         compute=build_compute(ev),
+        throughput=build_throughput(ev),
         budget=BudgetRecord(
             parameter_count=inventory.parameter_count,
             layer_count=inventory.layer_count,

@@ -277,6 +277,7 @@ def _wire(
         model=model, train_model=train_model, optimizer=optimizer, hooks=loop_hooks, ctx=ctx, plan=plan,
         harness_schedule=not plan.custom_optimizer, probe=probe, probe_from_train_loss=not submitted,
         probe_every=spec.probe_every_steps, probe_fraction=spec.probe_fraction, device=dist.device,
+        autocast=spec.device == "cuda" and not submitted,
     )  # fmt: skip
 
 

@@ -80,6 +80,14 @@ class TrainingOutcome:
     weights: Path | None = None  # the host's own copy, outside every writable bind
     compute: ComputeMeasure | None = None
     wall_s: float = 0.0
+    ended_at: float | None = None  # monotonic: when the training sandbox ended
+
+    @property
+    def training_seconds(self) -> float | None:
+        """Host-timed: from sending the plan (the model is built) to the end of the sandbox."""
+        if self.ended_at is None or self.feed.plan_at is None:
+            return None
+        return self.ended_at - self.feed.plan_at
 
     @property
     def plan(self) -> TrainPlan | None:
@@ -217,7 +225,7 @@ def run_training(job: TrainingJob) -> TrainingOutcome:
                 outcome.sandbox = _wait(process, job)
             except PrismError as exc:  # the launcher itself failed: observed by the host
                 outcome.launch_error = exc
-        ended = time.monotonic()
+        ended = outcome.ended_at = time.monotonic()
         outcome.wall_s = ended - started
         outcome.compute = measure_compute(outcome.sandbox, feed.record, ended, spec.device)
     finally:
