@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from prism.scoring.architecture import Family, replay_architecture, version_representatives
 from prism.scoring.comparison import Comparison
+from prism.scoring.near_duplicates import merge_near_duplicates
 from prism.scoring.policy import ScoringPolicy
 from prism.scoring.records import SubmissionRecord
 from prism.scoring.standings import FamilyEntry, OwnershipEvent, Standings, VariantEntry, VersionEntry
@@ -88,7 +89,7 @@ def _version_entries(reps: dict[str, Sub], families: dict[str, Family]) -> list[
 
 def run_competitions(records: Sequence[SubmissionRecord], policy: ScoringPolicy) -> Standings:
     """Both competitions over ``records`` under ``policy``; independent of the input order."""
-    subs = prepare(records, policy)
+    subs = prepare(merge_near_duplicates(records, policy), policy)
     events: list[OwnershipEvent] = []
     comparisons: list[Comparison] = []
     reps = version_representatives(subs)

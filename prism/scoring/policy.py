@@ -58,6 +58,8 @@ class CompetitionRules(_Frozen):
     architecture_z: float = Field(default=0.0, ge=0.0)
     # Training recipes are copies when a fingerprint was seen earlier in the family or anywhere.
     training_dedup: TrainingDedup = "family"
+    # A new family within prism.identity's edit-distance threshold of an earlier one is a version of it.
+    near_duplicates: bool = False
 
     @model_validator(mode="after")
     def _pools_sum_to_one(self) -> CompetitionRules:
@@ -93,7 +95,12 @@ RULES_V1 = CompetitionRules(version=1)
 #: Version 2 (issue 10, "pay progress"): in-family improvers share the reward, every contest is
 #: paired on the challenger's windows with a z * stderr floor, recipes are deduplicated globally.
 RULES_V2 = CompetitionRules(
-    version=2, owner_share=0.5, comparison="paired", architecture_z=2.0, training_dedup="global"
+    version=2,
+    owner_share=0.5,
+    comparison="paired",
+    architecture_z=2.0,
+    training_dedup="global",
+    near_duplicates=True,
 )
 RULES_V2_ACTIVATION_BLOCK = 1
 

@@ -35,6 +35,13 @@ class SubmissionRecord(BaseModel):
     target_architecture_id: str | None = None
     family_id: str | None = None
     version_id: str | None = None
+    family_ops: tuple[str, ...] | None = Field(
+        default=None, description="the measured family's canonical op tokens (for the near-duplicate rule)"
+    )
+    measured_family_id: str | None = Field(
+        default=None,
+        description="set by the near-duplicate rule: the family the runs measured, before merging",
+    )
     training_fingerprint: str | None = None
     recipe_fingerprint: str | None = None
     intake_ok: bool = True

@@ -136,7 +136,8 @@ def _gate_reasons(manifest: RunManifest, record: SubmissionRecord, policy: Scori
     if not manifest.profile.official:
         reasons.add("profile.not_official")
     ids = manifest.submission
-    if (ids.family_id is not None and ids.family_id != record.family_id) or (
+    measured = record.measured_family_id or record.family_id  # before the near-duplicate merge
+    if (ids.family_id is not None and ids.family_id != measured) or (
         ids.version_id is not None and ids.version_id != record.version_id
     ):
         reasons.add("run.identity_mismatch")

@@ -516,10 +516,17 @@ def test_rules_schedule_is_ascending_and_version_1_never_changes() -> None:
         "version_margin_rel": 0.002, "tie_tolerance_bpb": 0.0005, "training_z": 2.0,
         "training_abs_min_delta_bpb": 0.002, "training_rel_min_delta": 0.002, "unclaimed_rule": "redistribute",
         "burn_uid": 0, "owner_share": 1.0, "comparison": "unpaired", "architecture_z": 0.0,
-        "training_dedup": "family",
+        "training_dedup": "family", "near_duplicates": False,
     }  # fmt: skip
     changed = {k for k, v in RULES_V2.model_dump().items() if RULES_V1.model_dump()[k] != v}
-    assert changed == {"version", "owner_share", "comparison", "architecture_z", "training_dedup"}
+    assert changed == {
+        "version",
+        "owner_share",
+        "comparison",
+        "architecture_z",
+        "training_dedup",
+        "near_duplicates",
+    }
 
 
 def test_official_runs_of_an_older_evaluator_are_never_scored() -> None:
@@ -548,3 +555,53 @@ def test_smuggling_gate_reads_the_early_curve_not_only_the_first_probe() -> None
     assert "gate.smuggled_weights" in next(
         v.reasons for v in result.leaderboard.submissions[0].runs if v.outcome == "failed"
     )
+
+
+def test_a_near_duplicate_family_is_a_version_of_the_earlier_one() -> None:
+    """One op swapped (1 edit on a 14-token family) joins the family; a different design does not."""
+    from prism.scoring import RULES_V2
+
+    leader_ops = tuple(f"op{i}" for i in range(14))
+    near_ops = (*leader_ops[:6], "relu", *leader_ops[7:])
+    other_ops = tuple(f"other{i}" for i in range(14))
+    rules = policy().model_copy(update={"near_duplicates": True, "owner_share": RULES_V2.owner_share})
+    leader = record(
+        "a",
+        "alice",
+        1,
+        full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1"),
+        family="A",
+        version="A1",
+    )
+    near = record(
+        "b",
+        "bob",
+        2,
+        full_grid("b", grid((1.0, 1.0), (1.0, 1.0)), family="B", version="B1"),
+        family="B",
+        version="B1",
+    )
+    other = record(
+        "c",
+        "carol",
+        3,
+        full_grid("c", grid((1.1, 1.1), (1.1, 1.1)), family="C", version="C1"),
+        family="C",
+        version="C1",
+    )
+    records = [
+        leader.model_copy(update={"family_ops": leader_ops}),
+        near.model_copy(update={"family_ops": near_ops}),
+        other.model_copy(update={"family_ops": other_ops}),
+    ]
+    board = compute_weights(records, rules, UIDS, 10).leaderboard
+    families = {f.family_id for f in board.families}
+    assert families == {"A", "C"}  # B merged into A, C founded its own family
+    family_a = next(f for f in board.families if f.family_id == "A")
+    assert family_a.owner_hotkey == "alice"  # the earlier family keeps its owner
+    # Without the rule (rules v1) the near duplicate founds a family of its own.
+    assert {f.family_id for f in compute_weights(records, policy(), UIDS, 10).leaderboard.families} == {
+        "A",
+        "B",
+        "C",
+    }
