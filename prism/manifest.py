@@ -64,6 +64,9 @@ class SubmissionIds(_Strict):
     )
     family_id: str | None = Field(default=None, description="topology-only fingerprint of the running model")
     version_id: str | None = Field(default=None, description="topology plus sizes")
+    family_ops: list[str] | None = Field(
+        default=None, description="the folded canonical op tokens the family id hashes (near-duplicate rule)"
+    )
 
 
 class RecipeRecord(_Strict):

@@ -558,6 +558,7 @@ class Store:
                     target_architecture_id=sub["target_architecture_id"],
                     family_id=family,
                     version_id=version,
+                    family_ops=_family_ops(manifests),
                     training_fingerprint=sub["training_fingerprint"],
                     intake_ok=bool(sub["intake_ok"]),
                     runs=tuple(manifests),
@@ -694,6 +695,14 @@ def _row_key(row: sqlite3.Row) -> RunKey:
         seed=row["seed"],
         recipe_mode=row["recipe_mode"],
     )
+
+
+def _family_ops(manifests: list[RunManifest]) -> tuple[str, ...] | None:
+    """The family's op tokens as the first manifest recorded them (for the near-duplicate rule)."""
+    for manifest in manifests:
+        if manifest.submission.family_ops:
+            return tuple(manifest.submission.family_ops)
+    return None
 
 
 def _identity_from(manifests: list[RunManifest]) -> tuple[str | None, str | None]:

@@ -329,6 +329,9 @@ def _ids(ev: RunEvidence) -> SubmissionIds:
         target_architecture_id=sub.architecture_id if sub.kind == "training_for_arch" else None,
         family_id=graph.get("family_id") if graph else None,
         version_id=graph.get("version_id") if graph else None,
+        family_ops=[str(op) for op in graph["family_ops"]]
+        if graph and isinstance(graph.get("family_ops"), list)
+        else None,
     )
 
 
