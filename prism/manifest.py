@@ -250,6 +250,10 @@ class Comparability(_Strict):
     heldout_windows: int
     heldout_seed: int
     profile_key: str
+    stack: str | None = Field(
+        default=None,
+        description="torch / CUDA / cuDNN versions the run used (runs of other stacks differ slightly)",
+    )
 
 
 class Validation(_Strict):

@@ -126,6 +126,7 @@ class RunnerReport(_Strict):
     device_names: list[str] = Field(default_factory=list)
     torch_version: str | None = None
     cuda_version: str | None = None
+    cudnn_version: str | None = None
     torch_threads: int | None = None
     hooks: dict[str, HookUse] = Field(default_factory=dict)
     recipe_declared: dict[str, Any] = Field(default_factory=dict)

@@ -374,6 +374,16 @@ def _recipe(plan: TrainPlan) -> RecipeRecord:
     )
 
 
+def software_stack(environment: EnvironmentRecord, cudnn: str | None) -> str:
+    """The part of a run's identity that can move its numbers: torch, and CUDA/cuDNN on GPUs."""
+    parts = [f"torch {environment.torch or 'unknown'}"]
+    if environment.cuda:
+        parts.append(f"cuda {environment.cuda}")
+    if cudnn:
+        parts.append(f"cudnn {cudnn}")
+    return "; ".join(parts)
+
+
 def build_manifest(ev: RunEvidence) -> RunManifest:
     """The manifest of one run (the caller writes it)."""
     request, plan, regime = ev.request, ev.plan, ev.plan.regime
@@ -441,6 +451,9 @@ def build_manifest(ev: RunEvidence) -> RunManifest:
             heldout_windows=request.profile.heldout.windows,
             heldout_seed=plan.heldout_seed,
             profile_key=request.profile.key,
+            stack=software_stack(
+                environment, ev.training.report.cudnn_version if ev.training and ev.training.report else None
+            ),
         ),
         validation=Validation(score_eligible=not reasons, reasons=reasons),
         status=Status(state="failed" if ev.failure else "succeeded", failure=ev.failure),

@@ -197,6 +197,12 @@ def _record_environment(report: RunnerReport, spec: RunSpec, dist: Dist) -> None
     report.world_size, report.distributed_backend = dist.world_size, dist.backend
     report.device_type = spec.device
     report.torch_version, report.cuda_version = torch.__version__, torch.version.cuda
+    cudnn = (
+        torch.backends.cudnn.version()
+        if spec.device == "cuda" and torch.backends.cudnn.is_available()
+        else None
+    )
+    report.cudnn_version = str(cudnn) if cudnn else None
     report.torch_threads = torch.get_num_threads()
     if spec.device == "cuda":
         report.gpu_count = torch.cuda.device_count()

@@ -102,6 +102,8 @@ def compare_architectures(
             return pending(contest, estimate)
     else:
         estimate = unpaired_estimate(incumbent.reference.heldout_values, challenger.reference.heldout_values)
+    if challenger.stack("reference") != incumbent.stack("reference"):
+        margin += policy.stack_tolerance_bpb  # different torch/CUDA builds move numbers a little
     required = max(margin, policy.architecture_z * estimate.stderr_bpb)
     probes = (challenger.reference.mean_probe_bpb or 0.0, incumbent.reference.mean_probe_bpb or 0.0)
     wins = gain_beats(estimate.difference_bpb, required, policy.tie_tolerance_bpb, probes)

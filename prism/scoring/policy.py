@@ -60,6 +60,8 @@ class CompetitionRules(_Frozen):
     training_dedup: TrainingDedup = "family"
     # A new family within prism.identity's edit-distance threshold of an earlier one is a version of it.
     near_duplicates: bool = False
+    # Added to a margin when the two sides ran on different software stacks (torch/CUDA/cuDNN).
+    stack_tolerance_bpb: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _pools_sum_to_one(self) -> CompetitionRules:

@@ -51,6 +51,17 @@ class Sub:
     def mode(self, recipe_mode: RecipeMode) -> ModeResult:
         return self.reference if recipe_mode == "reference" else self.submitted
 
+    def stack(self, recipe_mode: RecipeMode) -> str | None:
+        """The software stack of this submission's runs of ``recipe_mode`` (the first that names one)."""
+        return next(
+            (
+                m.comparability.stack
+                for m in self.record.runs
+                if m.recipe_mode == recipe_mode and m.comparability.stack
+            ),
+            None,
+        )
+
     def runset(self, recipe_mode: RecipeMode) -> RunSet:
         """The run of every required cell (only meaningful once the mode is complete)."""
         cells = self.mode(recipe_mode).cells

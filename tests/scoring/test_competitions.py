@@ -516,7 +516,7 @@ def test_rules_schedule_is_ascending_and_version_1_never_changes() -> None:
         "version_margin_rel": 0.002, "tie_tolerance_bpb": 0.0005, "training_z": 2.0,
         "training_abs_min_delta_bpb": 0.002, "training_rel_min_delta": 0.002, "unclaimed_rule": "redistribute",
         "burn_uid": 0, "owner_share": 1.0, "comparison": "unpaired", "architecture_z": 0.0,
-        "training_dedup": "family", "near_duplicates": False,
+        "training_dedup": "family", "near_duplicates": False, "stack_tolerance_bpb": 0.0,
     }  # fmt: skip
     changed = {k for k, v in RULES_V2.model_dump().items() if RULES_V1.model_dump()[k] != v}
     assert changed == {
@@ -605,3 +605,29 @@ def test_a_near_duplicate_family_is_a_version_of_the_earlier_one() -> None:
         "B",
         "C",
     }
+
+
+def _on_stack(runs, stack: str):
+    return [
+        m.model_copy(update={"comparability": m.comparability.model_copy(update={"stack": stack})})
+        for m in runs
+    ]
+
+
+def test_runs_from_another_software_stack_need_the_stack_tolerance_on_top_of_the_margin() -> None:
+    rules = policy().model_copy(update={"stack_tolerance_bpb": 0.01})
+    leader_runs = _on_stack(
+        full_grid("a", grid((2.0, 2.0), (2.0, 2.0)), family="A", version="A1"), "torch 2.13.0+cpu"
+    )
+    # Better than the leader by the family margin (0.01 at 2.0 bpb) plus 0.005: enough on one stack only.
+    better = full_grid("b", grid((1.985, 1.985), (1.985, 1.985)), family="B", version="B1")
+
+    def lead(challenger_stack: str) -> str | None:
+        records = [
+            record("a", "alice", 1, leader_runs, family="A", version="A1"),
+            record("b", "bob", 2, _on_stack(better, challenger_stack), family="B", version="B1"),
+        ]
+        return compute_weights(records, rules, UIDS, 10).leaderboard.leader_family_id
+
+    assert lead("torch 2.13.0+cpu") == "B"
+    assert lead("torch 2.14.1+cu128; cuda 12.8") == "A"  # the same gain from another stack is not enough
