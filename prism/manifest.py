@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prism.beacon import BeaconRef
 from prism.errors import InfrastructureFault
 
 #: The manifest schema. v2 (evaluator 0.2): host-fed training data, the forge-proof reveal, prefix
@@ -330,7 +331,11 @@ class RunManifest(_Strict):
     recipe_mode: RecipeMode
     profile: ProfileRef
     regime: RegimeRef
-    seed: int
+    seed: int = Field(description="the training seed used")
+    nominal_seed: int | None = Field(
+        default=None, description="the profile seed this run fills when the seed came from the chain beacon"
+    )
+    beacon: BeaconRef | None = Field(default=None, description="the block whose hash gave this run's seeds")
     submission: SubmissionIds
     recipe: RecipeRecord | None = None
     dataset: DatasetRecord
@@ -354,6 +359,11 @@ class RunManifest(_Strict):
     @property
     def is_current_schema(self) -> bool:
         return self.schema_version == SCHEMA_VERSION
+
+    @property
+    def cell_seed(self) -> int:
+        """The profile seed of the cell this run fills (the beacon's seed index maps back to it)."""
+        return self.nominal_seed if self.nominal_seed is not None else self.seed
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

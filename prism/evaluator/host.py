@@ -400,12 +400,13 @@ def evaluate(
     on_cached: Callable[[RunManifest], None] | None = None,
     calibration_dir: Path | None = None,
     force: bool = False,
-    cell_seeds: dict[tuple[str, int], tuple[int, int]] | None = None,
+    beacon: tuple[int, str] | None = None,
 ) -> list[RunManifest]:
     """Train and measure one submission under ``profile``; one manifest per regime x seed.
 
     Raises ``SubmissionError`` when intake rejects the submission and ``OperatorError`` for bad
-    arguments. ``calibration_dir`` (default: this machine's cache, ``prism.evaluator.plan.cache_dir``)
+    arguments. ``beacon`` = (block, block hash) derives every cell's seeds from the chain
+    (prism.beacon; validators on official profiles). ``calibration_dir`` (default: this machine's cache, ``prism.evaluator.plan.cache_dir``)
     holds the compute calibrations.
     """
     from prism.submission import load_submission
@@ -423,7 +424,7 @@ def evaluate(
         seeds=tuple(seeds) if seeds else profile.seeds, heldout_seed=profile.heldout.seed if heldout_seed is None else heldout_seed,
         nproc=nproc_per_node or profile.nproc_per_node, attempt=attempt, resume_checkpoint_dir=resume_checkpoint_dir,
         calibration_dir=Path(calibration_dir).resolve() if calibration_dir else default_calibration_dir(), force=force,
-        cell_seeds=dict(cell_seeds or {}),
+        beacon=beacon,
     )  # fmt: skip
     isolation = isolation or sb.probe_isolation()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -420,6 +420,8 @@ def build_manifest(ev: RunEvidence) -> RunManifest:
             train_tokens=regime.train_tokens,
         ),
         seed=plan.seed,
+        nominal_seed=plan.nominal_seed if plan.beacon is not None else None,
+        beacon=plan.beacon,
         submission=_ids(ev),
         recipe=recipe,
         dataset=DatasetRecord.model_validate(

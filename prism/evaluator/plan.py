@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from prism import __version__ as prism_version
+from prism.beacon import BeaconRef, cell_seeds
 from prism.errors import OperatorError
 from prism.profiles import Profile, Regime
 from prism.submission import Submission
@@ -99,8 +100,9 @@ class EvalRequest:
     resume_checkpoint_dir: Path | None = None
     calibration_dir: Path | None = None
     force: bool = False
-    #: Per-cell overrides ``(regime, seed index) -> (training seed, held-out seed)`` (the chain beacon).
-    cell_seeds: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    #: (block, block hash) of the chain beacon: when set, every cell's training and held-out seeds
+    #: derive from it (prism.beacon) instead of the profile's seeds and ``heldout_seed``.
+    beacon: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,11 @@ class RunPlan:
 
     run_id: str
     regime: Regime
-    seed: int
+    seed: int  # the training seed actually used
     heldout_seed: int
     root: Path
+    nominal_seed: int | None = None  # the profile's seed this run stands for (beacon runs)
+    beacon: BeaconRef | None = None
 
     @property
     def sandbox_out(self) -> Path:
@@ -161,11 +165,17 @@ def make_run_id(
 def plan_runs(request: EvalRequest) -> list[RunPlan]:
     """One plan per regime x seed, in the order they run."""
     plans = []
+    profile_seeds = list(request.profile.seeds)
     for regime in request.regimes:
-        for index, seed in enumerate(request.seeds):
-            train_seed, heldout_seed = request.cell_seeds.get(
-                (regime.name, index), (seed, request.heldout_seed)
-            )
+        for position, seed in enumerate(request.seeds):
+            # the beacon's seed index is the seed's place in the profile (one cell at a time or all)
+            index = profile_seeds.index(seed) if seed in profile_seeds else len(profile_seeds) + position
+            train_seed, heldout_seed, beacon = seed, request.heldout_seed, None
+            if request.beacon is not None:
+                block, block_hash = request.beacon
+                derived = cell_seeds(block_hash, request.submission.zip_sha256, regime.name, index)
+                train_seed, heldout_seed = derived.train_seed, derived.heldout_seed
+                beacon = BeaconRef(block=block, block_hash=block_hash, seed_index=index)
             run_id = make_run_id(
                 zip_sha256=request.submission.zip_sha256,
                 profile_key=request.profile.key,
@@ -177,7 +187,8 @@ def plan_runs(request: EvalRequest) -> list[RunPlan]:
                 data_fingerprint=request.data.fingerprint,
                 nproc=request.nproc,
             )
-            plans.append(RunPlan(run_id, regime, train_seed, heldout_seed, request.out_dir / run_id))
+            plan = RunPlan(run_id, regime, train_seed, heldout_seed, request.out_dir / run_id, seed, beacon)
+            plans.append(plan)
     return plans
 
 

@@ -80,6 +80,8 @@ class ScoringPolicy(CompetitionRules):
     smuggle_factor: float = Field(default=0.5, gt=0.0, lt=1.0)
     max_train_heldout_gap_bpb: float = Field(default=0.25, gt=0.0)
     waived_reasons: frozenset[str] = frozenset()
+    # Official profiles: every run's seeds must come from the chain beacon (prism.beacon).
+    beacon_seeds: bool = False
 
     @property
     def profile_key(self) -> str:
@@ -131,6 +133,7 @@ def policy_for_profile(profile: Profile, *, block: int = 0, **overrides: Any) ->
         required_seeds=tuple(profile.seeds),
         smuggle_factor=profile.gates.smuggle_factor,
         max_train_heldout_gap_bpb=profile.gates.max_train_heldout_gap_bpb,
+        beacon_seeds=profile.official,
     )
     fields.update(overrides)
     return ScoringPolicy.model_validate(fields)

@@ -90,6 +90,11 @@ SCORING_REASONS: dict[str, ReasonSpec] = _table(
     ),
     ReasonSpec(code="profile.mismatch", fault="validator", description="run from another profile or version"),
     ReasonSpec(
+        code="run.beacon_mismatch",
+        fault="validator",
+        description="an official run whose seeds are not the chain beacon's for its cell; redone",
+    ),
+    ReasonSpec(
         code="run.outdated_evaluator",
         fault="validator",
         description="an official run written by an evaluator older than the current manifest schema; redone",

@@ -42,6 +42,9 @@ class SubmissionRecord(BaseModel):
         default=None,
         description="set by the near-duplicate rule: the family the runs measured, before merging",
     )
+    beacon_hash: str | None = Field(
+        default=None, description="hash of the beacon block (commit block + prism.beacon.BEACON_DELAY_BLOCKS)"
+    )
     training_fingerprint: str | None = None
     recipe_fingerprint: str | None = None
     intake_ok: bool = True

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from prism.beacon import beacon_block, cell_seeds
 from prism.manifest import RecipeMode, RunManifest
 from prism.scoring.policy import ScoringPolicy
 from prism.scoring.reasons import ALL_REASONS, reason_fault
@@ -102,9 +103,31 @@ def _policy_mismatch(manifest: RunManifest, record: SubmissionRecord, policy: Sc
         return "profile.mismatch"
     if manifest.submission.zip_sha256 != record.zip_sha256:
         return "run.submission_mismatch"
-    if manifest.regime.name not in policy.required_regimes or manifest.seed not in policy.required_seeds:
+    if manifest.regime.name not in policy.required_regimes or manifest.cell_seed not in policy.required_seeds:
         return "run.unrequested_cell"
+    if policy.beacon_seeds and not _seeded_by_the_beacon(manifest, record, policy):
+        return "run.beacon_mismatch"
     return None
+
+
+def _seeded_by_the_beacon(manifest: RunManifest, record: SubmissionRecord, policy: ScoringPolicy) -> bool:
+    """Official runs must use the seeds the chain's beacon gives this submission's cell."""
+    beacon = manifest.beacon
+    if beacon is None or beacon.block != beacon_block(record.commit_block):
+        return False
+    if record.beacon_hash is not None and beacon.block_hash.lower().removeprefix(
+        "0x"
+    ) != record.beacon_hash.lower().removeprefix("0x"):
+        return False
+    index = (
+        sorted(policy.required_seeds).index(manifest.cell_seed)
+        if manifest.cell_seed in policy.required_seeds
+        else -1
+    )
+    if beacon.seed_index != index:
+        return False
+    seeds = cell_seeds(beacon.block_hash, record.zip_sha256, manifest.regime.name, beacon.seed_index)
+    return (seeds.train_seed, seeds.heldout_seed) == (manifest.seed, manifest.dataset.heldout_seed)
 
 
 def _gate_reasons(manifest: RunManifest, record: SubmissionRecord, policy: ScoringPolicy) -> set[str]:
@@ -150,7 +173,7 @@ def check_run(manifest: RunManifest, record: SubmissionRecord, policy: ScoringPo
         "run_id": manifest.run_id,
         "recipe_mode": manifest.recipe_mode,
         "regime": manifest.regime.name,
-        "seed": manifest.seed,
+        "seed": manifest.cell_seed,
     }
     mismatch = _policy_mismatch(manifest, record, policy)
     if mismatch is not None:

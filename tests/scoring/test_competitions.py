@@ -631,3 +631,40 @@ def test_runs_from_another_software_stack_need_the_stack_tolerance_on_top_of_the
 
     assert lead("torch 2.13.0+cpu") == "B"
     assert lead("torch 2.14.1+cu128; cuda 12.8") == "A"  # the same gain from another stack is not enough
+
+
+def test_official_runs_must_carry_the_chain_beacons_seeds() -> None:
+    """Seeds derive from the hash of the block after the commitment: every validator derives the
+    same ones, and a run trained on other seeds (a lucky init ground offline) is never scored."""
+    from prism.beacon import BeaconRef, beacon_block, cell_seeds
+
+    block_hash = "ab" * 32
+    rules = policy().model_copy(update={"beacon_seeds": True})
+
+    def beaconed(runs, *, tamper: bool = False):
+        out = []
+        for m in runs:
+            index = rules.required_seeds.index(m.seed)
+            seeds = cell_seeds(block_hash, m.submission.zip_sha256, m.regime.name, index)
+            ref = BeaconRef(block=beacon_block(1), block_hash=block_hash, seed_index=index)
+            train_seed = seeds.train_seed + (1 if tamper else 0)
+            dataset = m.dataset.model_copy(update={"heldout_seed": seeds.heldout_seed})
+            out.append(
+                m.model_copy(
+                    update={"seed": train_seed, "nominal_seed": m.seed, "beacon": ref, "dataset": dataset}
+                )
+            )
+        return out
+
+    runs = full_grid("a", grid((1.2, 1.2), (1.2, 1.2)), family="A", version="A1")
+    honest = record("a", "alice", 1, beaconed(runs), family="A", version="A1").model_copy(
+        update={"beacon_hash": block_hash}
+    )
+    assert compute_weights([honest], rules, UIDS, 5).weights
+    ground = record("a", "alice", 1, beaconed(runs, tamper=True), family="A", version="A1")
+    verdicts = compute_weights([ground], rules, UIDS, 5).leaderboard.submissions[0].runs
+    assert {v.reasons for v in verdicts} == {("run.beacon_mismatch",)}
+    unseeded = record("a", "alice", 1, runs, family="A", version="A1")  # the profile's fixed seeds
+    assert {
+        v.reasons for v in compute_weights([unseeded], rules, UIDS, 5).leaderboard.submissions[0].runs
+    } == {("run.beacon_mismatch",)}
