@@ -7,8 +7,10 @@ constant attribute names), so these tests exercise the sandbox, not the gate.
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
+import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +21,11 @@ import pytest
 
 from prism.manifest import MANIFEST_FILENAME, RunManifest
 from prism.profiles import Profile, load_profile
+
+# --import-mode=importlib does not put test folders on sys.path; the helper module needs it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from attack_helpers import HONEST_BODY, PRELUDE, Twin, source  # noqa: E402
 
 WORDS = [
     "the",
@@ -51,32 +58,6 @@ WORDS = [
     "test",
 ]
 
-PRELUDE = """
-import time
-
-import torch
-
-# The static gate checks constant attribute names only; a computed one reaches os anyway.
-_OS = getattr(torch, "".join(["o", "s"]))
-
-
-def _os(name):
-    return getattr(_OS, name)
-
-
-class TinyLM(torch.nn.Module):
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.emb = torch.nn.Embedding(vocab_size, 32)
-        self.out = torch.nn.Linear(32, vocab_size)
-
-    def forward(self, tokens):
-        return self.out(self.emb(tokens))
-
-
-def get_recipe(ctx):
-    return {"learning_rate": 3e-3}
-"""
 
 
 @dataclass
@@ -133,30 +114,112 @@ def outside_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def run_hostile(
+    work: Path,
+    source: str,
+    *,
+    data_dir: Path,
+    profile: Profile,
+    recipe_mode: str = "reference",
+    seed: int | None = None,
+    heldout_seed: int | None = None,
+) -> HostileRun:
+    """One submission (``source``: the whole file) through ``evaluate`` into a fresh ``work`` dir."""
+    from prism.evaluator.host import evaluate
+
+    work.mkdir(parents=True, exist_ok=True)
+    submission = work / "hostile.py"
+    submission.write_text(source, encoding="utf-8")
+    out = work / "out"
+    manifests = evaluate(
+        submission,
+        profile=profile,
+        data_dir=data_dir,
+        out_dir=out,
+        recipe_mode=recipe_mode,
+        seeds=[seed] if seed is not None else None,
+        heldout_seed=heldout_seed,
+        progress=False,
+    )
+    assert len(manifests) == 1
+    (run_dir,) = [p.parent for p in out.glob(f"*/{MANIFEST_FILENAME}")]
+    # The manifest on disk is the host's and validates against the schema.
+    on_disk = RunManifest.model_validate_json((run_dir / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    assert on_disk == manifests[0]
+    logs = "".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(run_dir.glob("*.log")))
+    return HostileRun(manifest=manifests[0], run_dir=run_dir, log=logs)
+
+
 @pytest.fixture
 def evaluate_hostile(
     tmp_path: Path, hostile_data: Path, hostile_profile: Profile
 ) -> Callable[..., HostileRun]:
-    from prism.evaluator.host import evaluate
-
     def run(body: str, *, recipe_mode: str = "reference", profile: Profile | None = None) -> HostileRun:
-        submission = tmp_path / "hostile.py"
-        submission.write_text(PRELUDE + textwrap.dedent(body), encoding="utf-8")
-        out = tmp_path / "out"
-        manifests = evaluate(
-            submission,
-            profile=profile or hostile_profile,
+        return run_hostile(
+            tmp_path,
+            PRELUDE + textwrap.dedent(body),
             data_dir=hostile_data,
-            out_dir=out,
+            profile=profile or hostile_profile,
             recipe_mode=recipe_mode,
-            progress=False,
         )
-        assert len(manifests) == 1
-        (run_dir,) = [p.parent for p in out.glob(f"*/{MANIFEST_FILENAME}")]
-        # The manifest on disk is the host's and validates against the schema.
-        on_disk = RunManifest.model_validate_json((run_dir / MANIFEST_FILENAME).read_text(encoding="utf-8"))
-        assert on_disk == manifests[0]
-        logs = "".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(run_dir.glob("*.log")))
-        return HostileRun(manifest=manifests[0], run_dir=run_dir, log=logs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def attack_profile(hostile_profile: Profile) -> Profile:
+    """The hostile profile with 32 training steps instead of 4: TinyLM then learns enough for
+    its seed-to-seed noise to be small next to what an attack gains (a step costs milliseconds;
+    a run's time is start-up), and the compute calibration gets its two distinct points
+    (4 and 16 steps), so the compute cap is live."""
+    regime = hostile_profile.regimes[0]
+    steps = 128
+    return hostile_profile.model_copy(
+        update={
+            "regimes": (
+                regime.model_copy(
+                    update={"train_tokens": steps * regime.batch_size * regime.sequence_length}
+                ),
+            )
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def attack_run(
+    tmp_path_factory: pytest.TempPathFactory, hostile_data: Path, attack_profile: Profile
+) -> Callable[..., HostileRun]:
+    """Session-wide runner for the attack corpus: ``attack_run(source, seed=..., ...)``."""
+    counter = itertools.count()
+
+    def run(
+        text: str,
+        *,
+        profile: Profile | None = None,
+        seed: int | None = None,
+        heldout_seed: int | None = None,
+        recipe_mode: str = "reference",
+    ) -> HostileRun:
+        work = tmp_path_factory.mktemp(f"attack-{next(counter)}")
+        return run_hostile(
+            work, text, data_dir=hostile_data, profile=profile or attack_profile, recipe_mode=recipe_mode,
+            seed=seed, heldout_seed=heldout_seed,
+        )  # fmt: skip
+
+    return run
+
+
+def measure_twin(attack_run: Callable[..., HostileRun], body: str, **kwargs: object) -> Twin:
+    """An honest submission at the profile's seed and at the next seed (the noise sample)."""
+    runs = [attack_run(source(body), seed=seed, **kwargs) for seed in (1337, 1338)]
+    for run in runs:
+        assert run.manifest.status.state == "succeeded", run.log[-3000:]
+    first, second = (run.manifest.metrics.heldout_bpb for run in runs)
+    assert first is not None and second is not None
+    return Twin(bpb=first, other_seed_bpb=second)
+
+
+@pytest.fixture(scope="session")
+def tinylm_twin(attack_run: Callable[..., HostileRun]) -> Twin:
+    """Honest TinyLM, reference recipe: the twin of every attack that trains TinyLM unchanged."""
+    return measure_twin(attack_run, HONEST_BODY)

@@ -1,0 +1,255 @@
+"""Shared pieces of the measurement-attack corpus (tests/hostile/test_*_attacks.py).
+
+Every attack is a small submission source built from :data:`ATTACK_PRELUDE` (the hostile
+``TinyLM`` plus the routes an attacker has past the static gate: ``os``, ``sys`` and any module
+through ``getattr(torch, ...)``). Each test then either asserts that the host refused the run with
+a miner fault (:func:`assert_refused`) or that the run earned no more than seed noise over an
+honest twin (:func:`assert_no_gain`, with :class:`Twin` measured in the same session).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+PRELUDE = """
+import time
+
+import torch
+
+# The static gate checks constant attribute names only; a computed one reaches os anyway.
+_OS = getattr(torch, "".join(["o", "s"]))
+
+
+def _os(name):
+    return getattr(_OS, name)
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab_size, 32)
+        self.out = torch.nn.Linear(32, vocab_size)
+
+    def forward(self, tokens):
+        return self.out(self.emb(tokens))
+
+
+def get_recipe(ctx):
+    return {"learning_rate": 3e-3}
+"""
+
+ATTACK_PRELUDE = (
+    # The top of the lr window: TinyLM learns enough in the attack profile's 32 steps.
+    PRELUDE.replace('"learning_rate": 3e-3', '"learning_rate": 1e-2')
+    + '''
+import numpy as np
+
+# sys the same way as os; through it, any module (the import allowlist is only syntax).
+_SYS = getattr(torch, "".join(["s", "y", "s"]))
+
+
+def _module(name):
+    modules = _SYS.modules
+    return modules[name] if name in modules else modules["importlib"].import_module(name)
+
+
+def _evaluator_module():
+    """The held-out process runs ``prism.evaluator.heldout`` as __main__; None anywhere else."""
+    main = _SYS.modules.get("__main__")
+    return main if hasattr(main, "_Evaluator") else None
+
+
+def _is_eval_batch(model, tokens):
+    """A held-out batch: eval mode, in the held-out process, more than one row (the identity
+    graph is recorded with B = 1)."""
+    return not model.training and tokens.shape[0] > 1 and _evaluator_module() is not None
+'''
+)
+
+#: A covert channel between two sandboxes that run at the same time (the main held-out process
+#: and its replay start together). POSIX record locks live on the inode, and the submission
+#: file is the same inode in every sandbox, so a read lock one process takes is visible to
+#: ``F_GETLK`` in the other, whatever their namespaces. Window ``w``'s token ``t`` is one byte
+#: locked at ``BASE + (w * SLOT + t) * WIDTH + token``; position ``SLOT - 1`` marks a complete window.
+LOCK_CHANNEL = '''
+class _LockChannel:
+    BASE, SLOT, WIDTH = 1 << 36, 80, 512
+
+    def __init__(self, path):
+        self.fcntl, self.struct = _module("fcntl"), _module("struct")
+        self.fd = _os("open")(path, _OS.O_RDONLY)
+        self.published = 0
+        self.others = []
+        threading = _module("threading")
+        self.mutex = threading.Lock()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _flock(self, kind, start, length):
+        return self.struct.pack("hhqqi", kind, 0, start, length, 0)
+
+    def _at(self, slot, position):
+        return self.BASE + (slot * self.SLOT + position) * self.WIDTH
+
+    def publish(self, tokens):
+        slot, self.published = self.published, self.published + 1
+        places = [self._at(slot, t) + int(token) for t, token in enumerate(tokens)]
+        for where in places + [self._at(slot, self.SLOT - 1)]:
+            self.fcntl.fcntl(self.fd, self.fcntl.F_SETLK, self._flock(self.fcntl.F_RDLCK, where, 1))
+
+    def _peek(self, slot, position):
+        start = self._at(slot, position)
+        reply = self.fcntl.fcntl(
+            self.fd, self.fcntl.F_GETLK, self._flock(self.fcntl.F_WRLCK, start, self.WIDTH)
+        )
+        kind, _, found, _, _ = self.struct.unpack("hhqqi", reply)
+        return None if kind == self.fcntl.F_UNLCK else found - start
+
+    def refresh(self):
+        """Every complete window another process has published (they stay known after it exits)."""
+        with self.mutex:
+            while self._peek(len(self.others), self.SLOT - 1) is not None:
+                slot, tokens = len(self.others), []
+                for position in range(self.SLOT - 1):
+                    token = self._peek(slot, position)
+                    if token is None:
+                        break
+                    tokens.append(token)
+                self.others.append(tokens)
+            return list(self.others)
+
+    def _watch(self):
+        while True:
+            self.refresh()
+            time.sleep(0.01)
+
+
+def _lcp(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _source(row, known):
+    """(index, shared prefix length) of the known window that shares the longest prefix with row."""
+    best, best_len = None, 0
+    for index, window in enumerate(known):
+        n = _lcp(row, window)
+        if n > best_len:
+            best, best_len = index, n
+    return best, best_len
+
+
+class _Colluder:
+    """Role and memory of one held-out process. The first process to get a held-out batch while
+    nothing is published is the main evaluation (it publishes every window it is asked); a
+    process that finds windows already published is the replay."""
+
+    channel = None
+    role = None
+    own = []
+    batch_rows = None
+
+    @classmethod
+    def start(cls):
+        if cls.channel is None and _evaluator_module() is not None:
+            cls.channel = _LockChannel(__file__)
+
+    @classmethod
+    def known(cls, tokens):
+        """The windows this process may consult (main: its own; replay: the main process's)."""
+        rows = [[int(v) for v in row] for row in tokens.tolist()]
+        if cls.role is None:
+            cls.role = "replay" if cls.channel.refresh() else "main"
+            cls.batch_rows = len(rows)
+        full = len(rows) == cls.batch_rows  # not the in-process causality check's 2-row call
+        if cls.role == "main" and full:
+            for row in rows:
+                cls.channel.publish(row)
+            cls.own.extend(rows)
+            time.sleep(0.2)  # the replay's watcher copies the windows before this process exits
+        return rows, (cls.channel.refresh() if cls.role == "replay" else list(cls.own))
+'''
+
+#: Honest ``TinyLM`` (the twin of every attack that trains ``TinyLM`` unchanged).
+HONEST_BODY = """
+def build_model(ctx):
+    return TinyLM(ctx.vocab_size)
+"""
+
+
+def source(body: str, *extras: str) -> str:
+    """A complete submission: the attack prelude, optional shared snippets, then ``body``."""
+    return ATTACK_PRELUDE + "".join(extras) + textwrap.dedent(body)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """An honest model measured at the attack's seed and at a second training seed.
+
+    ``allowance`` is what an attack may score below ``bpb`` and still count as no gain: twice the
+    measured seed-to-seed difference (two seeds give one sample of the noise; the factor 2 covers
+    a draw of the other seed that happens to be close), but at least ``FLOOR`` bpb so that a
+    twin whose two seeds agree by chance does not demand bit-identical numbers.
+    """
+
+    FLOOR = 0.01
+
+    bpb: float
+    other_seed_bpb: float
+
+    @property
+    def noise(self) -> float:
+        return abs(self.bpb - self.other_seed_bpb)
+
+    @property
+    def allowance(self) -> float:
+        return max(2.0 * self.noise, self.FLOOR)
+
+
+def describe(run) -> str:  # type: ignore[no-untyped-def]
+    status, metrics = run.manifest.status, run.manifest.metrics
+    failure = status.failure
+    head = f"state={status.state} bpb={metrics.heldout_bpb} reasons={run.manifest.validation.reasons}"
+    if failure is not None:
+        head += f" failure={failure.fault}/{failure.code}: {failure.message[:600]}"
+    return head + "\n--- log tail ---\n" + run.log[-3000:]
+
+
+def assert_refused(run, *codes: str) -> None:  # type: ignore[no-untyped-def]
+    """Failed, the miner's fault, with one of ``codes`` (prefix match)."""
+    status = run.manifest.status
+    assert status.state == "failed", describe(run)
+    assert status.failure is not None and status.failure.fault == "miner", describe(run)
+    assert status.failure.code.startswith(codes), describe(run)
+    assert run.manifest.metrics.heldout_bpb is None
+
+
+def assert_no_gain(run, twin: Twin) -> None:  # type: ignore[no-untyped-def]
+    """Either refused with a miner fault, or succeeded without beating the twin beyond noise."""
+    status = run.manifest.status
+    if status.state == "failed":
+        assert status.failure is not None and status.failure.fault == "miner", describe(run)
+        return
+    bpb = run.manifest.metrics.heldout_bpb
+    assert bpb is not None, describe(run)
+    assert bpb >= twin.bpb - twin.allowance, (
+        f"attack scored {bpb:.4f} bpb against the honest twin's {twin.bpb:.4f} "
+        f"(seed noise {twin.noise:.4f}, allowance {twin.allowance:.4f})\n" + describe(run)
+    )
+
+
+__all__ = [
+    "ATTACK_PRELUDE",
+    "HONEST_BODY",
+    "LOCK_CHANNEL",
+    "PRELUDE",
+    "Twin",
+    "assert_no_gain",
+    "assert_refused",
+    "describe",
+    "source",
+]
