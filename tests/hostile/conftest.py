@@ -25,7 +25,7 @@ from prism.profiles import Profile, load_profile
 # --import-mode=importlib does not put test folders on sys.path; the helper module needs it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attack_helpers import HONEST_BODY, PRELUDE, Twin, source  # noqa: E402
+from attack_helpers import HONEST_BODY, PRELUDE, Twin, source
 
 WORDS = [
     "the",
@@ -57,7 +57,6 @@ WORDS = [
     "sandbox",
     "test",
 ]
-
 
 
 @dataclass

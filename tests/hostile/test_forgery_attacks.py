@@ -261,4 +261,3 @@ def build_model(ctx):
 def test_weights_that_only_the_host_can_read_are_the_miners(attack_run):
     run = attack_run(source(UNLOADABLE_WEIGHTS))
     assert_refused(run, "eval.", "budget.")
-

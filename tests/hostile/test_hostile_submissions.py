@@ -275,7 +275,8 @@ def _smuggler_source(corpus_text: list[str]) -> str:
 
 
 def test_fake_manifest_and_metrics_are_ignored(evaluate_hostile):
-    fake = {"schema_version": 1, "status": {"state": "succeeded"}, "metrics": {"heldout_bpb": 0.001}}
+    # A value no honest manifest holds (the host's own manifests carry tolerances like 0.001).
+    fake = {"schema_version": 1, "status": {"state": "succeeded"}, "metrics": {"heldout_bpb": 0.000123456}}
     run = evaluate_hostile(
         f"""
         FAKE = {json.dumps(json.dumps(fake))}
@@ -301,5 +302,7 @@ def test_fake_manifest_and_metrics_are_ignored(evaluate_hostile):
     on_disk = RunManifest.model_validate_json((run.run_dir / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     assert on_disk.metrics.heldout_bpb == manifest.metrics.heldout_bpb
     # The fakes exist only inside the submission's own output dir, which the host never reads.
-    fakes = [p for p in run.run_dir.rglob("*") if p.is_file() and "0.001" in p.read_text(errors="replace")]
+    fakes = [
+        p for p in run.run_dir.rglob("*") if p.is_file() and "0.000123456" in p.read_text(errors="replace")
+    ]
     assert fakes and all("sandbox_out" in p.relative_to(run.run_dir).parts for p in fakes)
