@@ -216,6 +216,15 @@ def describe(run) -> str:  # type: ignore[no-untyped-def]
     head = f"state={status.state} bpb={metrics.heldout_bpb} reasons={run.manifest.validation.reasons}"
     if failure is not None:
         head += f" failure={failure.fault}/{failure.code}: {failure.message[:600]}"
+    integrity, compute = run.manifest.integrity, run.manifest.compute
+    if integrity is not None:
+        head += (
+            f"\nreplay: {integrity.replay_pairs} pairs, {integrity.replay_positions} positions, "
+            f"max deviation {integrity.replay_max_deviation_nats} (tolerance {integrity.replay_tolerance_nats}); "
+            f"spots {integrity.spot_rows}/{integrity.positions}"
+        )
+    if compute is not None:
+        head += f"\ncompute: {compute.measured_s} {compute.kind}, ratio {compute.ratio} (cap {compute.cap})"
     return head + "\n--- log tail ---\n" + run.log[-3000:]
 
 
