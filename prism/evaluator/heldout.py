@@ -40,6 +40,7 @@ from prism.evaluator.heldout_wire import (
     DONE,
     ERROR,
     FINISH,
+    GO,
     HELLO,
     INPUTS,
     READY,
@@ -183,7 +184,7 @@ class _Evaluator:
             "parameter_count": count_parameters(self.model),
             "inference_path": inference_path_name(self.hooks),
         }
-        return ready, self._canonical_graph()
+        return ready, self._canonical_graph() if self.spec.record_graphs else {}
 
     def _canonical_graph(self) -> dict[str, Any]:
         from prism.evaluator.context import make_context
@@ -275,7 +276,9 @@ class _Evaluator:
             header, payload = self.pipes.reader.read()
             if header["type"] == FINISH:
                 after = params_sha256(self.model)
-                graph = json.dumps(self.run_graph(), separators=(",", ":")).encode("utf-8")
+                graph = json.dumps(
+                    self.run_graph() if self.spec.record_graphs else {}, separators=(",", ":")
+                ).encode("utf-8")
                 self.pipes.writer.write(
                     {"type": DONE, "params_sha256": after, "advisory": self.advisory}, graph
                 )
@@ -329,6 +332,7 @@ def process_main(argv: list[str] | None = None) -> int:
         trusted.torch.set_num_threads(spec.torch_threads)
         evaluator = _Evaluator(spec, pipes, trusted)
         state = evaluator.read_weights()
+        pipes.reader.expect(GO)  # a replay waits here, warm, until the main process has ended
         pipes.writer.write({"type": HELLO})  # from here on this process is the submission's
         ready, graph = evaluator.setup(state)
         pipes.writer.write({"type": READY, **ready}, json.dumps(graph, separators=(",", ":")).encode("utf-8"))

@@ -40,6 +40,7 @@ from prism.evaluator.heldout_wire import (
     DONE,
     ERROR,
     FINISH,
+    GO,
     HELLO,
     INPUTS,
     READY,
@@ -125,10 +126,17 @@ class HeldoutSession:
         cap_nats: float,
         spots: SpotPolicy,
         keep_spot_rows: bool = False,
+        graphs: bool = True,
     ) -> None:
         self.writer = FrameWriter(write_fd, deadline=deadline)
         self.reader = FrameReader(read_fd, deadline=deadline)
-        self.vocab, self.cap, self.spots, self.keep = vocab_size, cap_nats, spots, keep_spot_rows
+        self.vocab, self.cap, self.spots, self.keep, self.graphs = (
+            vocab_size,
+            cap_nats,
+            spots,
+            keep_spot_rows,
+            graphs,
+        )
         self.outcome = SessionOutcome()
 
     def run(self, windows: np.ndarray, window_bytes: np.ndarray, batch_size: int) -> SessionOutcome:
@@ -140,6 +148,7 @@ class HeldoutSession:
             np.zeros(n),
         )
         try:
+            self.writer.write({"type": GO})
             self._read(HELLO)
             out.hello = True
             self._expect_ready()
@@ -189,7 +198,7 @@ class HeldoutSession:
             "parameter_count": count,
             "inference_path": str(header.get("inference_path", "")),
         }
-        self.outcome.canonical_graph = self._graph(payload)
+        self.outcome.canonical_graph = self._graph(payload) if self.graphs else None
 
     def _score_batch(self, first: int, batch: np.ndarray, batch_bytes: np.ndarray) -> None:
         out = self.outcome
@@ -269,7 +278,7 @@ class HeldoutSession:
         self.outcome.params_after = header["params_sha256"]
         advisory = header.get("advisory")
         self.outcome.advisory = [str(a)[:500] for a in advisory[:20]] if isinstance(advisory, list) else []
-        self.outcome.run_graph = self._graph(payload)
+        self.outcome.run_graph = self._graph(payload) if self.graphs else None
 
 
 def _is_sha256(value: Any) -> bool:
@@ -338,6 +347,7 @@ class HeldoutProcess:
         session = HeldoutSession(
             self.proc.stdin.fileno(), self.proc.protocol.fileno(), deadline=self.started + self.job.limits.wall_s,
             vocab_size=int(self.job.spec.context["vocab_size"]), cap_nats=cap_nats, spots=spots, keep_spot_rows=keep_spot_rows,
+            graphs=self.job.spec.record_graphs,
         )  # fmt: skip
         try:
             return session.run(windows, window_bytes, batch_size)

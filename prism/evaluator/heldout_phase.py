@@ -1,8 +1,10 @@
 """Held-out phase (host side): the main evaluation process, then the prefix replay, then verdicts.
 
-Both processes start together, so the replay's start-up (imports, build, weights) overlaps the
-main evaluation and only its few batches add wall time. The replay pairs are drawn after the
-main process has committed every batch.
+The replay process starts only after the main one has ended and been reaped: two live
+processes of one submission could signal each other (file locks on shared inodes are blocked by
+the sandbox's seccomp filter, but timing channels remain), and a replay that can ask the main
+process what it saw would collude with it. The replay pairs are drawn after the main process
+has committed every batch.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def measure_heldout(
     window_bytes: np.ndarray,
     spec: HeldoutSpec,
 ) -> HeldoutOutcome:
-    """Measure held-out bpb with forge-proof reveals and replay a sample in a fresh process."""
+    """Measure held-out bpb with forge-proof reveals, then replay a sample in a fresh process
+    started only after the main one has ended."""
     n, seq_len = windows.shape[0], windows.shape[1] - 1
     vocab = int(main_job.spec.context["vocab_size"])
     cap = spec.position_cap_factor * math.log(vocab)
@@ -74,6 +77,9 @@ def measure_heldout(
         gain_cap_nats=cap,
     )
     t0 = time.monotonic()
+    # The replay starts now but waits, before loading the submission, for the host's "go": its
+    # start-up (python, torch, the weights) overlaps the main evaluation, and no submission code
+    # runs in it while the main process is alive.
     main_process, replay_process = HeldoutProcess(main_job), HeldoutProcess(replay_job)
     main = ProcessRecord(
         main_process.drive(
@@ -93,12 +99,14 @@ def measure_heldout(
     )
     outcome.timings_s["main"] = time.monotonic() - t0
     outcome.timings_s.update({f"main_{k}": v for k, v in main.session.timings_s.items()})
+    # The main process is gone (reaped, its locks and memory with it) before the replay loads the
+    # submission: two live processes of one submission could talk (docs/security.md, "Lookahead").
+    _close(main_process, main)
     count = replay_count(n, spec.batch_size, spec.replay_fraction)
     if outcome.succeeded and count:
         t1 = time.monotonic()
-        _replay(outcome, replay_process, windows, window_bytes, spec, count)  # while the main process exits
+        _replay(outcome, replay_process, windows, window_bytes, spec, count)
         outcome.replay.seconds = outcome.timings_s["replay"] = time.monotonic() - t1
-    _close(main_process, main)
     _close(replay_process, outcome.replay_process)
     outcome.timings_s["total"] = time.monotonic() - t0
     return outcome
@@ -236,9 +244,10 @@ def run_heldout(
         )
         return HeldoutResult(HeldoutOutcome(), failure, None)
     log_dir.mkdir(parents=True, exist_ok=True)
+    specs = (spec, spec.model_copy(update={"record_graphs": False}))  # the replay's graphs are not used
     jobs = [
         HeldoutJob(
-            spec=spec,
+            spec=process_spec,
             submission_dir=Path(spec.submission_dir),
             weights_path=weights,
             log_path=log_dir / name,
@@ -246,7 +255,7 @@ def run_heldout(
             isolation=isolation,
             extra_binds=extra_binds,
         )
-        for name in ("heldout.log", "replay.log")
+        for process_spec, name in zip(specs, ("heldout.log", "replay.log"), strict=True)
     ]
     outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout)
     failure = first_failure(*(decide(o) for o in observations(outcome)))

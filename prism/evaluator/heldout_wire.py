@@ -3,6 +3,7 @@
 ==========  =========  ====================================================  ==========================
 frame       direction  header                                                payload
 ==========  =========  ====================================================  ==========================
+go          h -> p                                                           (the process may load the submission)
 hello       p -> h                                                           (before any submission code)
 ready       p -> h     ``params_sha256``, ``parameter_count``, ``inference_path``  canonical graph JSON
 inputs      h -> p     ``batch``, ``shape [B, T]``                           int64
@@ -26,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prism.evaluator.framing import ProtocolError
 
-HELLO, READY, INPUTS, COMMITTED, TARGETS, Z, SPOTS, ROWS, FINISH, DONE, ERROR = (
-    "hello", "ready", "inputs", "committed", "targets", "z", "spots", "rows", "finish", "done", "error",
+GO, HELLO, READY, INPUTS, COMMITTED, TARGETS, Z, SPOTS, ROWS, FINISH, DONE, ERROR = (
+    "go", "hello", "ready", "inputs", "committed", "targets", "z", "spots", "rows", "finish", "done", "error",
 )  # fmt: skip
 DIGEST_BYTES = 32
 
@@ -54,6 +55,10 @@ class EvalProcessSpec(BaseModel):
     device: Literal["cpu", "cuda"] = "cpu"
     torch_threads: int = Field(default=1, ge=1)
     max_batch_size: int = Field(gt=0)
+    record_graphs: bool = Field(
+        default=True,
+        description="record the canonical and run-context graphs (the replay does not need them)",
+    )
 
 
 def encode_tokens(kind: str, batch: int, tokens: np.ndarray) -> tuple[dict[str, Any], bytes]:
@@ -79,6 +84,7 @@ __all__ = [
     "DONE",
     "ERROR",
     "FINISH",
+    "GO",
     "HELLO",
     "INPUTS",
     "READY",

@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import prism
 from prism.errors import InfrastructureFault, OperatorError
 from prism.evaluator.sandbox_cgroups import CgroupSupport, RunCgroup, detect_cgroups, reap_stale_cgroups
+from prism.evaluator.seccomp import filter_fd
 from prism.profiles import Limits
 
 logger = logging.getLogger(__name__)
@@ -428,11 +429,12 @@ def _write_etc(directory: Path) -> dict[str, Path]:
 
 
 def _bwrap_argv(
-    spec: SandboxSpec, isolation: IsolationProbe, etc: dict[str, Path], status_fd: int
+    spec: SandboxSpec, isolation: IsolationProbe, etc: dict[str, Path], status_fd: int, seccomp_fd: int | None
 ) -> list[str]:
     assert isolation.bwrap_path is not None
     argv = [
         isolation.bwrap_path,
+        *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),  # prism.evaluator.seccomp
         "--unshare-all",  # user, mount, pid, ipc, uts, cgroup, net (loopback only)
         "--die-with-parent",
         "--new-session",
@@ -789,7 +791,7 @@ def start_sandboxed(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="prism-sbx-"))
     cgroup: RunCgroup | None = None
-    status_r = status_w = None
+    status_r = status_w = seccomp_fd = None
     try:
         if isolation.cgroups:
             cgroup = RunCgroup.create(
@@ -801,7 +803,12 @@ def start_sandboxed(
         helper += _rlimit_args(spec.limits, memory_cgroup=bool(cgroup and cgroup.has_memory_limit))
         if isolation.mode == "bwrap":
             status_r, status_w = os.pipe()
-            command = [*helper, "--", *_bwrap_argv(spec, isolation, _write_etc(scratch), status_w)]
+            seccomp_fd = filter_fd()
+            command = [
+                *helper,
+                "--",
+                *_bwrap_argv(spec, isolation, _write_etc(scratch), status_w, seccomp_fd),
+            ]
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             cwd = "/"
         else:
@@ -819,19 +826,20 @@ def start_sandboxed(
             env=env,
             cwd=cwd,
             start_new_session=True,  # one process group to kill; no controlling terminal
-            pass_fds=tuple(spec.pass_fds) + ((status_w,) if status_w is not None else ()),
+            pass_fds=tuple(spec.pass_fds) + tuple(fd for fd in (status_w, seccomp_fd) if fd is not None),
             close_fds=True,
         )
     except BaseException:
         if cgroup is not None:
             cgroup.remove()
-        for fd in (status_r, status_w):
+        for fd in (status_r, status_w, seccomp_fd):
             if fd is not None:
                 os.close(fd)
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    if status_w is not None:
-        os.close(status_w)
+    for fd in (status_w, seccomp_fd):
+        if fd is not None:
+            os.close(fd)
     log_pipe = popen.stdout if spec.stdout == "log" else popen.stderr
     assert log_pipe is not None
     log = _BoundedLog(log_pipe, log_path, spec.limits.log_bytes)
