@@ -2,7 +2,12 @@
 
 Chain failures are ours (infrastructure): the validator retries them on its next step and never
 penalizes a miner for them. Mistakes the operator can fix (an unregistered hotkey, a missing
-wallet, a subnet that does not exist) are ``OperatorError``s so the command stops with a message.
+wallet, an unfunded coldkey, a subnet that does not exist) are ``OperatorError``s so the command
+stops with a message.
+
+When the failure came from a real chain, ``chain_name`` holds the chain's own error name (for
+example ``SettingWeightsTooFast`` or ``SpaceLimitExceeded``); it is ``None`` for failures the
+chain did not name (a timeout, a closed connection) and on the embedded chain.
 """
 
 from __future__ import annotations
@@ -10,20 +15,26 @@ from __future__ import annotations
 from prism.errors import InfrastructureFault, OperatorError
 
 
-class ChainError(InfrastructureFault):
+class _FromChain:
+    """Mixin: the chain's own name for the error, when it gave one."""
+
+    chain_name: str | None = None
+
+
+class ChainError(InfrastructureFault, _FromChain):
     """A chain call failed on our side of the line; retried later."""
 
     default_code = "chain.error"
 
 
 class ChainUnavailable(ChainError):
-    """The chain could not be reached (connection refused, closed, or timed out)."""
+    """The chain could not be reached (connection refused, closed, refused by the RPC endpoint)."""
 
     default_code = "chain.unavailable"
 
 
 class ChainTimeout(ChainUnavailable):
-    """A chain call did not answer within its time budget."""
+    """A chain call did not answer within its time budget (a write may still land later)."""
 
     default_code = "chain.timeout"
 
@@ -44,19 +55,32 @@ class RateLimited(ChainError):
         self.retry_after_blocks = retry_after_blocks
 
 
-class NotRegistered(OperatorError):
+class BlockUnavailable(ChainError):
+    """The block does not exist yet (or is not known to this node), so it has no hash."""
+
+    default_code = "chain.block_unavailable"
+
+
+class NotRegistered(OperatorError, _FromChain):
     """The hotkey has no uid on this subnet: register it before serving or validating."""
 
     default_code = "chain.not_registered"
 
 
-class NotPermitted(OperatorError):
-    """The hotkey is registered but lacks what the call needs (a validator permit)."""
+class NotPermitted(OperatorError, _FromChain):
+    """The hotkey is registered but lacks what the call needs (a validator permit, enough stake)."""
 
     default_code = "chain.not_permitted"
 
 
-class SubnetMissing(OperatorError):
+class InsufficientBalance(OperatorError, _FromChain):
+    """The coldkey that pays the fee cannot: fund it (weights, serving and commitments are paid by the
+    coldkey that owns the signing hotkey)."""
+
+    default_code = "chain.insufficient_balance"
+
+
+class SubnetMissing(OperatorError, _FromChain):
     """The subnet (or the local chain file) does not exist."""
 
     default_code = "chain.subnet_missing"

@@ -8,7 +8,10 @@ agrees on it without a block producer. What it keeps:
 * subnets with their tempo and rate limits (weights, commitments);
 * neurons: uid (assigned in registration order), hotkey, coldkey, stake, validator permit, axon;
 * commitments with the block they landed in (full history; readers get the latest per hotkey);
-* weights per validator with the block they were set in (full history; consensus uses the latest).
+* weights per validator with the block they were set in (full history; consensus uses the latest);
+* block hashes: ``H(b) = sha256(seed || b || H(b-1))`` from a random seed made with the file,
+  computed the first time someone asks for a block that exists and stored, so every process
+  sees the same hash and nobody can compute one before its block exists without the file.
 
 Incentive follows ``prism.chain.consensus`` (a simplified Yuma consensus). Writes take an
 immediate transaction, so two processes registering at once never get the same uid.
@@ -16,9 +19,11 @@ immediate transaction, so two processes registering at once never get the same u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import secrets
 import sqlite3
 import threading
 import time
@@ -30,8 +35,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism.chain import consensus
-from prism.chain.base import AxonInfo, Commitment, Metagraph, Neuron, Wallet
-from prism.chain.errors import ChainUnavailable, NotPermitted, NotRegistered, RateLimited, SubnetMissing
+from prism.chain.base import AxonInfo, Commitment, Metagraph, Neuron, SubnetHyperparams, Wallet
+from prism.chain.errors import (
+    BlockUnavailable,
+    ChainUnavailable,
+    NotPermitted,
+    NotRegistered,
+    RateLimited,
+    SubnetMissing,
+)
 from prism.chain.wallets import coldkey_ss58, hotkey_ss58
 from prism.errors import OperatorError
 
@@ -39,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_COMMITMENT_BYTES = 128  # the Commitments pallet's Raw field limit on the real chain
+GENESIS_PARENT_HASH = "00" * 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,6 +95,7 @@ CREATE TABLE IF NOT EXISTS weights (
     weights_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS weights_by_hotkey ON weights (netuid, hotkey, id);
+CREATE TABLE IF NOT EXISTS block_hashes (block INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
 
@@ -109,6 +123,10 @@ class WeightSet(BaseModel):
     weights: dict[int, float]
 
 
+def _block_hash(seed: bytes, block: int, parent_hex: str) -> str:
+    return hashlib.sha256(seed + block.to_bytes(8, "big") + bytes.fromhex(parent_hex)).hexdigest()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -134,6 +152,10 @@ class LocalChain:
         self._lock = threading.RLock()
         try:
             self._conn = _connect(self.path)
+            # Files made before block hashes existed get the (empty) table; idempotent.
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS block_hashes (block INTEGER PRIMARY KEY, hash TEXT NOT NULL)"
+            )
             meta = {row["key"]: row["value"] for row in self._conn.execute("SELECT key, value FROM meta")}
         except sqlite3.Error as exc:
             raise ChainUnavailable(f"cannot open local chain {self.path}: {exc}") from exc
@@ -178,6 +200,7 @@ class LocalChain:
                     ("schema_version", SCHEMA_VERSION),
                     ("genesis_time", repr(clock())),
                     ("block_time_s", repr(block_time_s)),
+                    ("block_hash_seed", secrets.token_hex(32)),
                 ):
                     conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
             elif float(existing["block_time_s"]) != block_time_s:
@@ -286,6 +309,34 @@ class LocalChain:
             time.sleep(min(self.block_time_s / 4, 0.25))
         return current
 
+    def block_hash(self, block: int) -> str:
+        """``0x`` + sha256 hex of (seed, block, parent hash); the block must exist (``<= block()``)."""
+        current = self.block()
+        if not 0 <= block <= current:
+            raise BlockUnavailable(f"block {block} does not exist yet on {self.path} (at block {current})")
+        rows = self._read("SELECT hash FROM block_hashes WHERE block=?", (block,))
+        if rows:
+            return "0x" + rows[0]["hash"]
+        with self._write() as conn:
+            seed = self._hash_seed(conn)
+            last = conn.execute("SELECT block, hash FROM block_hashes ORDER BY block DESC LIMIT 1").fetchone()
+            start, parent = (int(last["block"]) + 1, last["hash"]) if last else (0, GENESIS_PARENT_HASH)
+            for number in range(start, block + 1):
+                parent = _block_hash(seed, number, parent)
+                conn.execute("INSERT INTO block_hashes (block, hash) VALUES (?, ?)", (number, parent))
+            row = conn.execute("SELECT hash FROM block_hashes WHERE block=?", (block,)).fetchone()
+        return "0x" + row["hash"]
+
+    @staticmethod
+    def _hash_seed(conn: sqlite3.Connection) -> bytes:
+        """The chain's secret seed; a file made before block hashes existed gets one now."""
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('block_hash_seed', ?)", (secrets.token_hex(32),)
+        )
+        return bytes.fromhex(
+            conn.execute("SELECT value FROM meta WHERE key='block_hash_seed'").fetchone()["value"]
+        )
+
     def tempo(self) -> int:
         return self.params.tempo
 
@@ -375,10 +426,15 @@ class LocalChain:
                 stake=row["stake"],
                 validator_permit=bool(row["validator_permit"]),
                 axon=AxonInfo(ip=row["axon_ip"], port=row["axon_port"]) if row["axon_ip"] else None,
+                last_update=row["last_update"],
             )
             for row in rows
         ]
-        return Metagraph(netuid=self.netuid, block=block, neurons=neurons)
+        return Metagraph(netuid=self.netuid, block=block, neurons=neurons, hyperparams=self.hyperparams())
+
+    def hyperparams(self) -> SubnetHyperparams:
+        """The local subnet has no version key, commit-reveal or minimum weight count."""
+        return SubnetHyperparams(tempo=self.params.tempo, weights_rate_limit=self.params.weights_rate_limit)
 
     def commitments(self) -> dict[str, Commitment]:
         rows = self._read(
@@ -482,15 +538,15 @@ class LocalChain:
         return block
 
     def serve_axon(self, wallet: Wallet, ip: str, port: int) -> None:
-        AxonInfo(ip=ip, port=port)  # validates the port range before anything is written
+        endpoint = AxonInfo(ip=ip, port=port)  # validates the address and port before anything is written
         hotkey = hotkey_ss58(wallet)
         with self._write() as conn:
             row = self._neuron_row(conn, hotkey)
             conn.execute(
                 "UPDATE neurons SET axon_ip=?, axon_port=? WHERE netuid=? AND uid=?",
-                (ip, port, self.netuid, row["uid"]),
+                (endpoint.ip, endpoint.port, self.netuid, row["uid"]),
             )
-        logger.info("axon of %s published at %s:%d", hotkey, ip, port)
+        logger.info("axon of %s published at %s", hotkey, endpoint.url)
 
     def set_weights(self, wallet: Wallet, weights: dict[int, float], version_key: int) -> int:
         hotkey = hotkey_ss58(wallet)

@@ -13,7 +13,7 @@ import pytest
 
 from prism.chain.base import Chain
 from prism.chain.commitments import format_commitment
-from prism.chain.errors import NotPermitted, NotRegistered, RateLimited, SubnetMissing
+from prism.chain.errors import BlockUnavailable, NotPermitted, NotRegistered, RateLimited, SubnetMissing
 from prism.chain.local import LocalChain, SubnetParams
 from prism.chain.wallets import create_wallet, hotkey_ss58
 from prism.errors import OperatorError
@@ -148,6 +148,13 @@ def test_weights_need_a_permit_respect_the_rate_limit_and_drive_incentive(
     assert chain.weights()[hotkey_ss58(v1)].weights == {m1: 0.75, m2: 0.25}
     assert chain.blocks_since_last_update(hotkey_ss58(v1)) == 0
     assert chain.blocks_since_last_update(hotkey_ss58(v3)) is None
+    graph = chain.metagraph()  # LastUpdate travels with the metagraph, like on the real chain
+    assert (
+        graph.neuron(hotkey_ss58(v1)).last_update == 1
+        and graph.blocks_since_last_update(hotkey_ss58(v1)) == 0
+    )
+    assert graph.hyperparams.tempo == 10 and graph.hyperparams.weights_rate_limit == 5
+    assert graph.hyperparams.weights_version_key == 0 and graph.owner_hotkey is None
     clock.advance_blocks(4)
     with pytest.raises(RateLimited) as limited:
         chain.set_weights(v1, {m1: 1.0}, version_key=7)
@@ -196,3 +203,49 @@ def test_subnet_capacity_is_enforced(tmp_path: Path) -> None:
     with pytest.raises(OperatorError) as info:
         chain.register("h3", "c")
     assert info.value.code == "chain.subnet_full"
+
+
+def test_block_hashes_are_unpredictable_chained_and_shared(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "hashes.db"
+    chain = LocalChain.create(path, SubnetParams(netuid=1), block_time_s=1.0, clock=clock)
+    with pytest.raises(BlockUnavailable) as future:
+        chain.block_hash(1)  # the chain is at block 0: block 1 has no hash yet
+    assert future.value.code == "chain.block_unavailable"
+    clock.advance_blocks(5)
+    late = chain.block_hash(5)
+    assert late.startswith("0x") and len(late) == 66 and chain.block_hash(5) == late
+    assert len({chain.block_hash(b) for b in range(6)}) == 6
+    # H(b) = sha256(seed || b || H(b-1)), the seed made with the file.
+    import hashlib
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        seed = bytes.fromhex(conn.execute("SELECT value FROM meta WHERE key='block_hash_seed'").fetchone()[0])
+    expected = hashlib.sha256(
+        seed + (5).to_bytes(8, "big") + bytes.fromhex(chain.block_hash(4)[2:])
+    ).hexdigest()
+    assert late == "0x" + expected
+    # Another process opening the same file sees the same hashes; another chain file does not.
+    script = "import sys; from prism.chain.local import LocalChain; print(LocalChain(sys.argv[1], 1).block_hash(3))"
+    other = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == chain.block_hash(3)
+    twin = LocalChain.create(tmp_path / "twin.db", SubnetParams(netuid=1), block_time_s=1.0, clock=clock)
+    clock.advance_blocks(3)
+    assert twin.block_hash(3) != chain.block_hash(3)
+
+
+def test_a_chain_file_from_before_block_hashes_gets_a_seed(tmp_path: Path, clock: ManualClock) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    LocalChain.create(path, SubnetParams(netuid=1), block_time_s=1.0, clock=clock).close()
+    with sqlite3.connect(path) as conn:  # what a file made by an earlier PRISM looks like
+        conn.execute("DELETE FROM meta WHERE key='block_hash_seed'")
+        conn.execute("DROP TABLE block_hashes")
+    clock.advance_blocks(2)
+    chain = LocalChain(path, 1, clock=clock)
+    first = chain.block_hash(2)
+    assert LocalChain(path, 1, clock=clock).block_hash(2) == first
