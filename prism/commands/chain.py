@@ -138,6 +138,9 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
             "network": chain.network,
             "netuid": chain.netuid,
             "block": graph.block,
+            "stake_unit": "alpha" if chain.netuid else "TAO",
+            "owner_hotkey": graph.owner_hotkey,
+            "hyperparams": graph.hyperparams.model_dump(),
             "neurons": [{**n.model_dump(), "incentive": incentives.get(n.uid, 0.0)} for n in graph.neurons],
             "commitments": {h: c.model_dump() for h, c in chain.commitments().items()},
             "weights": {},
@@ -154,9 +157,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(state, indent=2, sort_keys=True))
         return 0
     print(f"subnet {state['netuid']} at block {state['block']}")
+    if "hyperparams" in state:
+        pairs = ", ".join(f"{key} {value}" for key, value in state["hyperparams"].items())
+        print(f"owner {state['owner_hotkey']}; {pairs}; stake in {state['stake_unit']}")
     print(f"{'uid':>4}  {'hotkey':<50} {'stake':>10} {'permit':>6} {'incentive':>9}  axon")
     for n in state["neurons"]:
-        axon = f"{n['axon']['ip']}:{n['axon']['port']}" if n["axon"] else "-"
+        axon = "-"
+        if n["axon"]:
+            host = n["axon"]["ip"]
+            axon = f"[{host}]:{n['axon']['port']}" if ":" in host else f"{host}:{n['axon']['port']}"
         permit = "yes" if n["validator_permit"] else "no"
         print(
             f"{n['uid']:>4}  {n['hotkey']:<50} {n['stake']:>10.2f} {permit:>6} {n['incentive']:>9.4f}  {axon}"

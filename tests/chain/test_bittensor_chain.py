@@ -1,240 +1,191 @@
-"""BittensorChain against a fake at the SDK edge (no public chain is reachable here).
+"""BittensorChain through the real bittensor 11.3.0 SDK, with only its Substrate backend in memory.
 
-The fake mimics the shapes of bittensor 11.3.0's blocking client (``bt.Subtensor``): namespaces
-``subnets`` / ``hyperparameters`` / ``epochs``, ``execute(intent, wallet)`` and
-``submit_call(call, wallet, signer=...)`` returning ``ExtrinsicResult``. It records what it was
-asked and injects failures (chain errors, connection errors, hangs).
+Every call below goes through ``bt.Subtensor`` -> ``Client`` -> the typed namespaces, reads,
+intents and ``Executor`` of the installed SDK; ``MemorySubstrate`` answers in the runtime's shapes
+(see tests/chain/memory_substrate.py).
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+import json
+from pathlib import Path
 from typing import Any
 
 import bittensor as bt
 import pytest
+from memory_world import NETUID, SHA, World
 
 from prism.chain.base import Chain
 from prism.chain.bittensor_chain import BittensorChain, parse_axon_endpoint
 from prism.chain.commitments import format_commitment
-from prism.chain.errors import (
-    ChainError,
-    ChainRejected,
-    ChainTimeout,
-    ChainUnavailable,
-    NotRegistered,
-    RateLimited,
-    SubnetMissing,
-)
-from prism.chain.wallets import create_wallet
+from prism.chain.errors import BlockUnavailable, ChainRejected, SubnetMissing
+from prism.chain.wallets import coldkey_ss58
 from prism.errors import OperatorError
 
-NETUID = 11
-SHA = "ab" * 32
+
+def extrinsics(world: World, call: str) -> list[dict[str, Any]]:
+    return [e for e in world.backend.extrinsics if e.get("call") == call]
 
 
-@dataclass
-class _Namespace:
-    owner: FakeSubtensor
-    name: str
-
-    def __getattr__(self, method: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self.owner.answer(f"{self.name}.{method}", args, kwargs)
-
-        return call
-
-
-@dataclass
-class FakeSubtensor:
-    """Answers reads from ``responses`` and records every call; ``failures`` injects errors."""
-
-    responses: dict[str, Any] = field(default_factory=dict)
-    failures: dict[str, BaseException] = field(default_factory=dict)
-    hang: set[str] = field(default_factory=set)
-    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        for name in ("subnets", "hyperparameters", "epochs"):
-            setattr(self, name, _Namespace(self, name))
-
-    def answer(self, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.calls.append((what, args, kwargs))
-        if what in self.hang:
-            self.release.wait(10)
-        if what in self.failures:
-            raise self.failures[what]
-        return self.responses[what]
-
-    @property
-    def block(self) -> int:
-        return self.answer("block", (), {})
-
-    def execute(self, intent: Any, wallet: Any, **kwargs: Any) -> Any:
-        return self.answer("execute", (intent, wallet), kwargs)
-
-    def submit_call(self, call: Any, wallet: Any, **kwargs: Any) -> Any:
-        return self.answer("submit_call", (call, wallet), kwargs)
-
-
-def _sdk_neuron(
-    uid: int, hotkey: str, *, stake: float, permit: bool, axon: str | None, incentive: float = 0.0
-) -> Any:
-    return SimpleNamespace(
-        uid=uid,
-        hotkey=hotkey,
-        coldkey=f"cold-{hotkey}",
-        total_stake=bt.tao(stake),
-        validator_permit=permit,
-        axon=axon,
-        incentive=incentive,
-    )
-
-
-@pytest.fixture(scope="module")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return create_wallet("val", "default", tmp_path_factory.mktemp("wallets"))
-
-
-@pytest.fixture
-def fake() -> FakeSubtensor:
-    graph = SimpleNamespace(
-        block=1234,
-        neurons=[
-            _sdk_neuron(0, "hk-validator", stake=2000.0, permit=True, axon=None, incentive=0.0),
-            _sdk_neuron(1, "hk-miner", stake=1.5, permit=False, axon="10.0.0.2:8091", incentive=0.75),
-            _sdk_neuron(2, "hk-v6", stake=0.0, permit=False, axon="[2001:db8::1]:9000", incentive=0.25),
-        ],
-    )
-    commitments = {
-        "hk-miner": SimpleNamespace(value=format_commitment(SHA), block=1200),
-        "hk-sealed": SimpleNamespace(value=None, block=1100),  # timelocked, not readable yet
-        "hk-junk": SimpleNamespace(value="hello", block=900),
-    }
-    return FakeSubtensor(
-        responses={
-            "block": 1234,
-            "subnets.metagraph": graph,
-            "subnets.commitments": commitments,
-            "subnets.info": SimpleNamespace(netuid=NETUID, tempo=360, burn=bt.tao(0), neuron_count=3),
-            "hyperparameters.weights_rate_limit": 100,
-            "epochs.blocks_since_last_update": 42,
-            "execute": bt.ExtrinsicResult(success=True, message="ok"),
-            "submit_call": bt.ExtrinsicResult(success=True, message="ok"),
-        }
-    )
-
-
-def make_chain(fake: FakeSubtensor, **kwargs: Any) -> BittensorChain:
-    return BittensorChain(NETUID, network="test", client=fake, **kwargs)
-
-
-def test_reads_are_shaped_into_prism_types(fake: FakeSubtensor) -> None:
-    chain = make_chain(fake)
+def test_reads_take_the_runtimes_shapes_into_prism_types(world: World, chain: BittensorChain) -> None:
     assert isinstance(chain, Chain)
-    assert chain.block() == 1234 and chain.tempo() == 360 and chain.weights_rate_limit() == 100
+    assert (chain.block(), chain.tempo(), chain.weights_rate_limit()) == (1000, 20, 5)
     graph = chain.metagraph()
-    assert graph.block == 1234 and graph.netuid == NETUID
-    validator, miner, v6 = graph.neurons
-    assert (validator.stake, validator.validator_permit, validator.axon) == (2000.0, True, None)
-    assert miner.axon is not None and miner.axon.url == "http://10.0.0.2:8091" and miner.stake == 1.5
-    assert v6.axon is not None and v6.axon.url == "http://[2001:db8::1]:9000"
-    assert chain.incentives() == {0: 0.0, 1: 0.75, 2: 0.25}
-    # commitments=False keeps the metagraph read cheap; commitments come from their own read.
-    assert ("subnets.metagraph", (NETUID,), {"commitments": False}) in fake.calls
-    commitments = chain.commitments()
-    assert set(commitments) == {"hk-miner", "hk-junk"}  # the sealed one is skipped
-    assert commitments["hk-miner"].block == 1200
-    assert chain.blocks_since_last_update("hk-miner") == 42
-    assert ("epochs.blocks_since_last_update", (NETUID, 1), {}) in fake.calls
-    assert chain.blocks_since_last_update("hk-unknown") is None
-
-
-def test_writes_build_the_right_intents_and_calls(fake: FakeSubtensor, wallet: Any) -> None:
-    chain = make_chain(fake)
-    chain.serve_axon(wallet, "10.0.0.2", 8091)
-    chain.set_weights(wallet, {1: 0.75, 2: 0.25}, version_key=5)
-    assert chain.commit(wallet, format_commitment(SHA)) == 1234  # no extrinsic id: the current block
-    fake.responses["execute"] = bt.ExtrinsicResult(success=True, message="ok", extrinsic_id="1240-3")
-    assert chain.set_weights(wallet, {1: 1.0}, version_key=5) == 1240  # the block it was included in
-    executes = [c for c in fake.calls if c[0] == "execute"]
-    serve, weights = executes[0][1][0], executes[1][1][0]
-    assert isinstance(serve, bt.ServeAxon) and (serve.netuid, serve.ip, serve.port) == (
-        NETUID,
-        "10.0.0.2",
-        8091,
-    )
-    assert isinstance(weights, bt.SetWeights)
-    assert weights.netuid == NETUID and weights.version_key == 5
-    assert dict(zip(weights.uids, weights.weights, strict=True)) == {1: 0.75, 2: 0.25}
-    assert executes[0][1][1] is wallet
-    (submit,) = [c for c in fake.calls if c[0] == "submit_call"]
-    call, kwargs = submit[1][0], submit[2]
-    assert (call.module, call.function) == ("Commitments", "set_commitment")
-    assert call.params == {"netuid": NETUID, "info": {"fields": [{"Raw73": format_commitment(SHA).encode()}]}}
-    assert kwargs == {"signer": "hotkey"}
-    with pytest.raises(ChainRejected):
-        chain.commit(wallet, "x" * 129)
-
-
-@pytest.mark.parametrize(
-    ("error", "expected", "code"),
-    [
-        (
-            bt.ChainError("Setting weights too fast", name="SettingWeightsTooFast"),
-            RateLimited,
-            "chain.rate_limited",
-        ),
-        (
-            bt.ChainError("hotkey not registered", name="HotKeyNotRegisteredInSubNet"),
-            NotRegistered,
-            "chain.not_registered",
-        ),
-        (bt.ChainError("Transaction priority is too low"), RateLimited, "chain.rate_limited"),
-        (bt.ChainError("bad origin", name="BadOrigin"), ChainRejected, "chain.rejected"),
-        (bt.RpcConnectionError("socket closed"), ChainUnavailable, "chain.unavailable"),
-        (ConnectionRefusedError("refused"), ChainUnavailable, "chain.unavailable"),
-        (RuntimeError("surprise"), ChainError, "chain.error"),
-    ],
-)
-def test_sdk_errors_map_to_typed_errors(
-    fake: FakeSubtensor, wallet: Any, error: BaseException, expected: type, code: str
-) -> None:
-    fake.failures["execute"] = error
-    with pytest.raises(expected) as info:
-        make_chain(fake).set_weights(wallet, {1: 1.0}, version_key=1)
-    assert info.value.code == code
-
-
-def test_failed_extrinsic_result_raises_typed_error(fake: FakeSubtensor, wallet: Any) -> None:
-    rate_limited = bt.ChainError("CommitmentSetRateLimitExceeded: rate limit", name=None)
-    fake.responses["submit_call"] = bt.ExtrinsicResult(success=False, message="failed", error=rate_limited)
-    with pytest.raises(RateLimited):
-        make_chain(fake).commit(wallet, format_commitment(SHA))
-    fake.responses["execute"] = bt.ExtrinsicResult(success=False, message="Invalid Transaction")
-    with pytest.raises(ChainRejected):
-        make_chain(fake).serve_axon(wallet, "10.0.0.2", 8091)
-
-
-def test_hung_call_times_out(fake: FakeSubtensor) -> None:
-    fake.hang.add("subnets.metagraph")
-    chain = make_chain(fake, read_timeout_s=0.2)
+    assert (graph.netuid, graph.block) == (NETUID, 1000)
+    owner, validator, miner, v6 = graph.neurons
+    # Stake is alpha on netuid 11: 2000 alpha + 100 root TAO x TaoWeight 0.2 (the chain's stake weight).
+    assert validator.stake == pytest.approx(2020.0) and miner.stake == 1.5 and v6.stake == 0.0
+    sdk = bt.Subtensor("test", substrate=world.backend)
     try:
-        with pytest.raises(ChainTimeout) as info:
-            chain.metagraph()
-        assert info.value.code == "chain.timeout" and info.value.fault == "infrastructure"
+        sdk_stake = sdk.subnets.metagraph(NETUID, commitments=False).neurons[1].total_stake
     finally:
-        fake.release.set()
+        sdk.close()
+    assert (sdk_stake.netuid, sdk_stake.alpha) == (NETUID, pytest.approx(2020.0))
+    with pytest.raises(bt.UnitMismatchError):  # what crashed the neurons before: .tao of an alpha Balance
+        _ = sdk_stake.tao
+    assert (validator.validator_permit, validator.axon, validator.last_update) == (True, None, None)
+    assert miner.axon is not None and miner.axon.url == "http://10.0.0.2:8091" and miner.last_update == 1000
+    assert v6.axon is not None and v6.axon.url == "http://[2001:db8::1]:9000"
+    assert graph.owner_hotkey == owner.hotkey == world.hotkey("owner") and graph.owner_uid == 0
+    assert graph.hyperparams.model_dump() == {"tempo": 20, "weights_rate_limit": 5, "weights_version_key": 0,
+                                              "commit_reveal": False, "min_allowed_weights": 0,
+                                              "serving_rate_limit": 50}  # fmt: skip
+    assert chain.incentives() == {
+        0: 0.0,
+        1: 0.0,
+        2: pytest.approx(0.75, abs=1e-4),
+        3: pytest.approx(0.25, abs=1e-4),
+    }
+    assert graph.blocks_since_last_update(world.hotkey("miner")) == 0
+    assert chain.blocks_since_last_update(world.hotkey("validator")) is None  # LastUpdate 0: never set
+
+
+def test_commitments_plain_revealed_and_sealed(world: World, chain: BittensorChain) -> None:
+    commitments = chain.commitments()
+    assert commitments[world.hotkey("miner")].data == format_commitment(SHA)
+    assert commitments[world.hotkey("miner")].block == 990
+    assert world.hotkey("v6") not in commitments  # sealed until the chain reveals it
+    revealed = commitments[world.hotkey("owner")]  # a timelocked commitment the chain decrypted
+    assert (revealed.data, revealed.block) == ("prism:v1:" + "cd" * 32, 980)
+    assert any(c.data == "hello" for c in commitments.values())  # junk is returned; parsing refuses it
+
+
+def test_block_hashes_come_from_the_chain(world: World, chain: BittensorChain) -> None:
+    assert chain.block_hash(990) == world.runtime.block_hash(990)
+    assert chain.block_hash(1000) != chain.block_hash(999)
+    with pytest.raises(BlockUnavailable) as future:
+        chain.block_hash(1001)
+    assert future.value.code == "chain.block_unavailable"
+    world.runtime.clock.advance(1)
+    assert chain.block_hash(1001) == world.runtime.block_hash(1001)
+
+
+def test_one_runtime_call_per_metagraph_and_none_for_last_update(world: World, chain: BittensorChain) -> None:
+    chain.metagraph()
+    chain.blocks_since_last_update(world.hotkey("miner"))
+    calls = world.backend.calls
+    assert calls["runtime_call:get_metagraph"] == 2
+    assert calls["query:LastUpdate"] == 0 and calls["query:WeightsVersionKey"] == 0
+
+
+def test_hyperparameters_missing_from_the_record_are_read_from_storage(world: World) -> None:
+    world.backend.metagraph_hyperparams = False  # a runtime whose metagraph omits them
+    world.runtime.write("SubtensorModule", "WeightsVersionKey", (NETUID,), 7)
+    chain = world.chain()
+    try:
+        assert chain.metagraph().hyperparams.weights_version_key == 7
+        assert world.backend.calls["query:WeightsVersionKey"] == 1
+    finally:
         chain.close()
 
 
-def test_missing_subnet_is_an_operator_error(fake: FakeSubtensor) -> None:
-    fake.responses["subnets.metagraph"] = None
-    with pytest.raises(SubnetMissing):
-        make_chain(fake).metagraph()
+def test_plain_weights_are_quantized_and_paid_by_the_coldkey(world: World, chain: BittensorChain) -> None:
+    coldkey = coldkey_ss58(world.wallets["validator"])
+    before, hotkey_before = (
+        world.runtime.free_balance(coldkey),
+        world.runtime.free_balance(world.hotkey("validator")),
+    )
+    block = chain.set_weights(world.wallets["validator"], {2: 0.75, 3: 0.25}, version_key=100)
+    (sent,) = extrinsics(world, "SubtensorModule.set_mechanism_weights")
+    assert sent["success"] and sent["block"] == block == 1001
+    assert sent["params"]["dests"] == [2, 3] and sent["params"]["weights"] == [65535, 21845]
+    assert sent["params"]["version_key"] == 100
+    assert world.runtime.read("SubtensorModule", "Weights", (NETUID, 1)) == [(2, 65535), (3, 21845)]
+    assert chain.metagraph().blocks_since_last_update(world.hotkey("validator")) == 0
+    assert (
+        world.runtime.free_balance(coldkey) == before - sent["fee"]
+    )  # the fee filter routes it to the coldkey
+    assert world.runtime.free_balance(world.hotkey("validator")) == hotkey_before == 0
+
+
+def test_commit_reveal_subnets_get_a_timelocked_commit(world: World) -> None:
+    world.runtime.write("SubtensorModule", "CommitRevealWeightsEnabled", (NETUID,), True)
+    chain = world.chain()
+    try:
+        assert chain.metagraph().hyperparams.commit_reveal
+        block = chain.set_weights(world.wallets["validator"], {2: 1.0}, version_key=100)
+    finally:
+        chain.close()
+    (sent,) = extrinsics(world, "SubtensorModule.commit_timelocked_mechanism_weights")
+    assert sent["success"] and sent["block"] == block and sent["params"]["reveal_round"] > 0
+    assert len(bytes.fromhex(sent["params"]["commit"][2:])) > 100  # drand-timelocked ciphertext
+    assert extrinsics(world, "SubtensorModule.set_mechanism_weights") == []
+    assert world.runtime.read("SubtensorModule", "Weights", (NETUID, 1)) is None  # hidden until revealed
+    assert world.runtime.read("SubtensorModule", "LastUpdate", (NETUID,))[1] == block
+
+
+def test_serve_axon_publishes_ipv4_and_ipv6(world: World, chain: BittensorChain) -> None:
+    world.runtime.clock.advance(60)  # past the serving rate limit of the registration-time axons
+    chain.serve_axon(world.wallets["miner"], "10.0.0.9", 8092)
+    chain.serve_axon(world.wallets["v6"], "2001:0db8:0000::7", 9001)
+    _, _, miner, v6 = chain.metagraph().neurons
+    assert (miner.axon.ip, miner.axon.port, v6.axon.ip, v6.axon.port) == (
+        "10.0.0.9",
+        8092,
+        "2001:db8::7",
+        9001,
+    )
+    published = [e["params"]["ip_type"] for e in extrinsics(world, "SubtensorModule.serve_axon")]
+    assert published == [4, 6]
+
+
+def test_commit_lands_as_one_raw_field(world: World, chain: BittensorChain) -> None:
+    data = format_commitment("ef" * 32)
+    block = chain.commit(world.wallets["miner"], data)
+    assert chain.commitments()[world.hotkey("miner")].model_dump() == {
+        "hotkey": world.hotkey("miner"), "data": data, "block": block}  # fmt: skip
+    record = world.runtime.read("Commitments", "CommitmentOf", (NETUID, world.hotkey("miner")))
+    assert record["info"]["fields"] == [{"Raw73": "0x" + data.encode().hex()}]
+    with pytest.raises(ChainRejected) as too_long:
+        chain.commit(world.wallets["miner"], "x" * 129)
+    assert too_long.value.code == "chain.bad_commitment"
+    assert len(extrinsics(world, "Commitments.set_commitment")) == 1
+
+
+def test_missing_subnet_is_an_operator_error(world: World) -> None:
+    chain = BittensorChain(99, network="test", substrate=world.backend)
+    try:
+        with pytest.raises(SubnetMissing):
+            chain.metagraph()
+    finally:
+        chain.close()
+
+
+def test_chain_show_reads_a_real_subnet(world: World, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    from prism.cli import main
+
+    monkeypatch.setattr(bt.client, "RpcSubstrate", world.backend.rpc_factory)  # the CLI builds its own client
+    assert main(["chain", "show", "--chain", "bittensor", "--subtensor.network", "test", "--netuid", "11",
+                 "--json"]) == 0  # fmt: skip
+    state = json.loads(capsys.readouterr().out)
+    assert world.backend.endpoints == ["wss://test.finney.opentensor.ai:443"]
+    assert state["stake_unit"] == "alpha" and state["neurons"][1]["stake"] == pytest.approx(2020.0)
+    assert state["hyperparams"]["tempo"] == 20 and state["owner_hotkey"] == world.hotkey("owner")
+    assert (
+        main(["chain", "show", "--chain", "bittensor", "--subtensor.network", "test", "--netuid", "11"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "[2001:db8::1]:9000" in text and "stake in alpha" in text
 
 
 @pytest.mark.parametrize(
@@ -242,6 +193,8 @@ def test_missing_subnet_is_an_operator_error(fake: FakeSubtensor) -> None:
     [
         ("1.2.3.4:8091", "http://1.2.3.4:8091"),
         ("[::1]:80", "http://[::1]:80"),
+        ("[2001:0db8:0:0::1]:80", "http://[2001:db8::1]:80"),
+        ("[::ffff:10.0.0.2]:80", "http://10.0.0.2:80"),
         (None, None),
         ("", None),
         ("0.0.0.0:8091", None),
@@ -254,7 +207,7 @@ def test_axon_endpoint_parsing(endpoint: str | None, expected: str | None) -> No
     assert (axon.url if axon else None) == expected
 
 
-def test_default_client_is_a_cold_subtensor() -> None:
+def test_default_client_is_a_cold_subtensor(tmp_path: Path) -> None:
     # Construction must not touch the network (nothing is reachable here).
     chain = BittensorChain(NETUID, network="test")
     assert "Subtensor" in repr(chain._client) and "cold" in repr(chain._client)
