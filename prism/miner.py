@@ -2,15 +2,21 @@
 
 Flow (``Miner.start`` then ``Miner.step`` every ``sync_interval_s`` until SIGTERM/SIGINT):
 
-1. load the wallet and check the hotkey is registered on the subnet;
-2. pack the submission deterministically (``prism.submission``) and run intake (the same checks
+1. load the wallet and check the hotkey is registered on the subnet (an unregistered hotkey
+   stops the miner; a chain that cannot be read is retried later);
+2. pack the submission deterministically (``prism.miner_pack``) and run intake (the same checks
    validators run); a rejected submission stops the miner with every problem code;
 3. optionally (``--check.smoke``) run a local smoke evaluation (``local_cpu_smoke`` profile);
-4. start the axon (``prism.net.axon``) and publish its endpoint (only when it changed);
-5. commit ``prism:v1:<sha256>`` unless the chain already holds it; inside the commitment rate
-   limit the commit is retried on a later step;
-6. each step re-reads the submission; when its hash changes (and intake accepts it) the new
-   hash is committed and, once it landed, served.
+4. start the axon (``prism.net.axon``) and publish its endpoint unless the chain already holds
+   the same address (compared as addresses, not text);
+5. commit ``prism:v1:<sha256>`` unless the chain already holds it;
+6. each step re-reads the submission; an edit that passes intake and changes the code
+   fingerprint (not a comment-only edit) is committed and, once it landed, served.
+
+Chain writes that fail for a transient reason (a timeout, a refused extrinsic, a rate limit, an
+unreachable node) stay pending and are retried on later steps, after the rate limit's window
+when the chain named one; the axon keeps serving throughout. Before a retry the chain is read
+again, so a write that landed after its timeout is not repeated.
 
 Run it with ``python -m prism.miner ...`` or ``python neurons/miner.py ...`` (see docs/miner.md).
 """
@@ -20,11 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +36,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prism.chain import Chain, NotRegistered, RateLimited, open_chain
 from prism.chain.commitments import format_commitment, parse_commitment
-from prism.chain.errors import ChainError
-from prism.errors import NotImplementedYet, OperatorError
+from prism.chain.errors import ChainError, InsufficientBalance, NotPermitted
+from prism.errors import OperatorError
+from prism.miner_pack import PackedSubmission, SubmissionRejected, pack_and_check, smoke_check
 from prism.net.axon import Axon, AxonConfig
+from prism.net.endpoint import Probe, outward_interface_ip, resolve_published_ip
 from prism.neuron_config import (
     ChainConfig,
     WalletConfig,
     add_common_args,
     chain_config,
+    neuron_parser,
     setup_logging,
     wallet_config,
 )
 
 logger = logging.getLogger(__name__)
 
-
-class SubmissionRejected(OperatorError):
-    """Intake refused the miner's own submission; ``problems`` lists every reason with its code."""
-
-    default_code = "miner.submission_rejected"
-
-    def __init__(self, message: str, problems: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.problems = problems
+__all__ = ["Miner", "MinerConfig", "PackedSubmission", "SubmissionRejected", "main", "pack_and_check"]
 
 
 class _Strict(BaseModel):
@@ -77,84 +76,20 @@ class MinerConfig(_Strict):
     submission: Path
     axon_ip: str = "0.0.0.0"  # address the server binds
     axon_port: int = Field(default=8091, ge=0, le=65535)
-    axon_external_ip: str | None = None  # address published on chain (defaults to axon_ip)
+    axon_external_ip: str | None = None  # address published on chain (see prism.net.endpoint)
     axon_external_port: int | None = Field(default=None, ge=1, le=65535)
-    min_validator_stake: float | None = Field(default=None, ge=0)
+    min_validator_stake: float | None = Field(default=None, ge=0, description="alpha on a real subnet")
     rate_limit_per_min: float = Field(default=60.0, gt=0)
     sync_interval_s: float = Field(default=12.0, gt=0)
-    watch: bool = True  # re-read the submission each step and re-commit when it changed
+    watch: bool = True  # re-read the submission each step and re-commit when its code changed
     smoke: SmokeConfig = SmokeConfig()
 
 
-@dataclass(frozen=True)
-class PackedSubmission:
-    zip_bytes: bytes
-    sha256: str
-    kind: str
-
-
-def pack_and_check(path: Path) -> PackedSubmission:
-    """Deterministic ZIP of ``path`` (a project dir, a .zip or a .py) that passed intake."""
-    from prism.submission import check_submission
-
-    report = check_submission(Path(path))
-    if not report.ok or report.submission is None:
-        problems = [problem.to_dict() for problem in report.problems]
-        codes = ", ".join(sorted({str(p.get("code")) for p in problems})) or "unknown"
-        details = "; ".join(str(problem) for problem in report.problems)
-        raise SubmissionRejected(f"intake rejected {path} ({codes}): {details}", problems)
-    submission = report.submission
-    return PackedSubmission(
-        zip_bytes=submission.zip_bytes, sha256=submission.zip_sha256, kind=submission.kind
+def published_ip(config: MinerConfig, *, probe: Probe = outward_interface_ip) -> str:
+    """The IP validators should dial (``prism.net.endpoint.resolve_published_ip``)."""
+    return resolve_published_ip(
+        config.axon_ip, config.axon_external_ip, real_chain=config.chain.kind != "local", probe=probe
     )
-
-
-def smoke_check(path: Path, config: SmokeConfig) -> None:
-    """Train the submission briefly on CPU (``local_cpu_smoke``) exactly as a validator would."""
-    try:
-        from prism.evaluator.host import evaluate
-    except ImportError as exc:
-        raise NotImplementedYet(f"--check.smoke needs prism.evaluator.host.evaluate: {exc}") from exc
-    from prism.profiles import load_profile
-
-    profile = load_profile("local_cpu_smoke")
-    data_dir = config.data_dir
-    if data_dir is None:
-        from prism.data import ensure_offline_corpus
-
-        data_dir = Path(tempfile.gettempdir()) / "prism-miner-smoke-data" / profile.tokenizer
-        ensure_offline_corpus(data_dir, tokenizer=profile.tokenizer)
-    with tempfile.TemporaryDirectory(prefix="prism-miner-smoke-") as out:
-        manifests = evaluate(
-            path,
-            profile=profile,
-            data_dir=data_dir,
-            out_dir=Path(out),
-            recipe_mode="reference",
-            progress=False,
-        )
-    failed = [m for m in manifests if m.status.state != "succeeded"]
-    if not manifests or failed:
-        reasons = [f"{m.status.failure.code}: {m.status.failure.message}" for m in failed if m.status.failure]
-        raise SubmissionRejected(f"smoke evaluation failed: {'; '.join(reasons) or 'no run'}", [])
-    logger.info("smoke evaluation passed (%d runs)", len(manifests))
-
-
-def published_ip(config: MinerConfig) -> str:
-    """The IP validators should dial: --axon.external_ip, else a concrete --axon.ip."""
-    ip = config.axon_external_ip or config.axon_ip
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError as exc:
-        raise OperatorError(f"axon ip {ip!r} is not an IP address", code="config.invalid") from exc
-    if address.is_unspecified:
-        if config.chain.kind == "local":
-            return "127.0.0.1"
-        raise OperatorError(
-            f"--axon.ip {ip} is a wildcard; pass --axon.external_ip with the address validators can reach",
-            code="config.invalid",
-        )
-    return ip
 
 
 class Miner:
@@ -173,11 +108,17 @@ class Miner:
             path=config.chain.path,
             network=config.chain.network,
             endpoint=config.chain.endpoint,
+            read_timeout_s=config.chain.read_timeout_s,
+            write_timeout_s=config.chain.write_timeout_s,
         )
         self.axon: Axon | None = None
         self.served: PackedSubmission | None = None
         self.pending: PackedSubmission | None = None  # packed but not yet committed
         self.committed_sha256: str | None = None
+        self.endpoint: tuple[str, int] | None = None
+        self.endpoint_pending = False
+        self.retry_after_block: dict[str, int] = {}  # chain action -> first block to try it again
+        self._ignored_sha256: str | None = None  # the last edit judged cosmetic (logged once)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -185,60 +126,35 @@ class Miner:
         endpoint_ip = published_ip(self.config)  # a config mistake fails before anything starts
         await self._check_registered()
         packed = pack_and_check(self.config.submission)
-        logger.info(
-            "submission %s: %s (%d bytes, kind %s)",
-            self.config.submission,
-            packed.sha256,
-            len(packed.zip_bytes),
-            packed.kind,
-        )
+        logger.info("submission %s: %s (%d bytes, kind %s)", self.config.submission, packed.sha256,
+                    len(packed.zip_bytes), packed.kind)  # fmt: skip
         if self.config.smoke.enabled:
-            await asyncio.to_thread(smoke_check, self.config.submission, self.config.smoke)
+            await asyncio.to_thread(smoke_check, self.config.submission, self.config.smoke.data_dir)
         self.axon = Axon(
             self.wallet,
             self.chain,
-            AxonConfig(
-                host=self.config.axon_ip,
-                port=self.config.axon_port,
-                min_validator_stake=self.config.min_validator_stake,
-                rate_limit_per_min=self.config.rate_limit_per_min,
-            ),
+            AxonConfig(host=self.config.axon_ip, port=self.config.axon_port,
+                       min_validator_stake=self.config.min_validator_stake,
+                       rate_limit_per_min=self.config.rate_limit_per_min),
             hotkey=self.hotkey,
-        )
+        )  # fmt: skip
         port = await self.axon.start()
         try:
-            await self._publish_endpoint(endpoint_ip, self.config.axon_external_port or port)
-            self.committed_sha256 = await self._chain_sha256()
-            self.axon.set_committed(self.committed_sha256)
+            self.endpoint = (endpoint_ip, self.config.axon_external_port or port)
+            self.endpoint_pending = True
             # Serve the new ZIP at once: validators holding the old commitment get a retryable 404.
             self._serve(packed)
-            await self._commit_if_needed(packed)
+            self.pending = packed
+            await self._chain_work()
         except BaseException:
             await self.stop()
             raise
 
     async def step(self) -> None:
-        """One maintenance pass: pick up submission changes and retry a pending commitment."""
+        """One maintenance pass: pick up submission changes, then retry pending chain writes."""
         if self.config.watch:
-            try:
-                packed = await asyncio.to_thread(pack_and_check, self.config.submission)
-            except SubmissionRejected as exc:
-                logger.error("the changed submission is rejected, still serving the previous one: %s", exc)
-                packed = None
-            except OperatorError as exc:
-                logger.error("cannot read the submission, still serving the previous one: %s", exc)
-                packed = None
-            if packed is not None:
-                settled = (
-                    self.served is not None and packed.sha256 == self.served.sha256 == self.committed_sha256
-                )
-                if settled:
-                    self.pending = None  # also drops a pending change the operator reverted
-                elif self.pending is None or self.pending.sha256 != packed.sha256:
-                    logger.info("submission changed: %s", packed.sha256)
-                    self.pending = packed
-        if self.pending is not None:
-            await self._commit_if_needed(self.pending)
+            await self._watch()
+        await self._chain_work()
 
     async def stop(self) -> None:
         if self.axon is not None:
@@ -264,15 +180,74 @@ class Miner:
         finally:
             await self.stop()
 
-    # ----------------------------------------------------------------- pieces
+    # ----------------------------------------------------------------- watching the submission
 
-    def _serve(self, packed: PackedSubmission) -> None:
-        assert self.axon is not None
-        self.axon.set_submission(packed.zip_bytes)
-        self.served = packed
+    async def _watch(self) -> None:
+        try:
+            packed = await asyncio.to_thread(pack_and_check, self.config.submission)
+        except SubmissionRejected as exc:
+            logger.error("the changed submission is rejected, still serving the previous one: %s", exc)
+            return
+        except OperatorError as exc:
+            logger.error("cannot read the submission, still serving the previous one: %s", exc)
+            return
+        reference = self.pending or self.served
+        if reference is None or packed.sha256 == reference.sha256:
+            return
+        served = self.served
+        if served is not None and packed.sha256 == served.sha256 == self.committed_sha256:
+            logger.info("submission reverted to the committed %s; dropping the pending change", packed.sha256)
+            self.pending = None
+        elif packed.code_fingerprint == reference.code_fingerprint:
+            if self._ignored_sha256 != packed.sha256:
+                logger.info("submission edited without changing its code (comments or formatting only): "
+                            "not re-committing %s", packed.sha256)  # fmt: skip
+                self._ignored_sha256 = packed.sha256
+        else:
+            logger.info("submission changed: %s", packed.sha256)
+            self.pending = packed
+
+    # ----------------------------------------------------------------- chain writes
+
+    async def _chain_work(self) -> None:
+        """Publish the endpoint and commit the pending submission; trouble leaves them pending."""
+        if self.endpoint_pending:
+            await self._attempt("serve_axon", self._publish_endpoint)
+        if self.pending is not None:
+            await self._attempt("commit", self._commit_pending)
+
+    async def _attempt(self, what: str, action: Callable[[], Awaitable[None]]) -> None:
+        retry_at = self.retry_after_block.get(what)
+        try:
+            if retry_at is not None and await asyncio.to_thread(self.chain.block) < retry_at:
+                return
+            await action()
+            self.retry_after_block.pop(what, None)
+        except RateLimited as exc:
+            await self._back_off(what, exc)
+        except ChainError as exc:
+            logger.warning("%s failed (%s); retrying in %g s", what, exc, self.config.sync_interval_s)
+        except (NotRegistered, NotPermitted, InsufficientBalance) as exc:
+            logger.error("%s refused by the chain (%s); still serving, retrying in %g s", what, exc,
+                         self.config.sync_interval_s)  # fmt: skip
+
+    async def _back_off(self, what: str, exc: RateLimited) -> None:
+        """Wait out the chain's window before the next (fee-paying) attempt."""
+        try:
+            graph = await asyncio.to_thread(self.chain.metagraph)
+        except ChainError:
+            return  # no block to count from: retry next step
+        window = graph.hyperparams.serving_rate_limit if what == "serve_axon" else graph.hyperparams.tempo
+        wait = exc.retry_after_blocks if exc.retry_after_blocks is not None else max(1, window)
+        self.retry_after_block[what] = graph.block + wait
+        logger.warning("%s rate-limited (%s); retrying from block %d", what, exc.message, graph.block + wait)
 
     async def _check_registered(self) -> None:
-        graph = await asyncio.to_thread(self.chain.metagraph)
+        try:
+            graph = await asyncio.to_thread(self.chain.metagraph)
+        except ChainError as exc:
+            logger.warning("cannot check the registration now (%s); chain writes will tell", exc)
+            return
         if graph.neuron(self.hotkey) is None:
             raise NotRegistered(
                 f"hotkey {self.hotkey} ({self.config.wallet.name}/{self.config.wallet.hotkey}) is not registered "
@@ -280,43 +255,37 @@ class Miner:
                 + (" with `prism chain register`" if self.config.chain.kind == "local" else " with btcli")
             )
 
-    async def _chain_sha256(self) -> str | None:
-        commitment = (await asyncio.to_thread(self.chain.commitments)).get(self.hotkey)
-        return parse_commitment(commitment.data).sha256 if commitment else None
-
-    async def _publish_endpoint(self, ip: str, port: int) -> None:
+    async def _publish_endpoint(self) -> None:
+        assert self.endpoint is not None
+        ip, port = self.endpoint
         neuron = (await asyncio.to_thread(self.chain.metagraph)).neuron(self.hotkey)
-        if (
-            neuron is not None
-            and neuron.axon is not None
-            and (neuron.axon.ip, neuron.axon.port) == (ip, port)
-        ):
-            logger.info("axon endpoint %s:%d already on chain", ip, port)
-            return
-        await asyncio.to_thread(self.chain.serve_axon, self.wallet, ip, port)
-        logger.info("published axon endpoint %s:%d", ip, port)
+        if neuron is not None and neuron.axon is not None and neuron.axon.matches(ip, port):
+            logger.info("axon endpoint %s already on chain", neuron.axon.url)
+        else:
+            await asyncio.to_thread(self.chain.serve_axon, self.wallet, ip, port)
+            logger.info("published axon endpoint %s:%d", ip, port)
+        self.endpoint_pending = False
 
-    async def _commit_if_needed(self, packed: PackedSubmission) -> None:
-        """Commit ``packed`` unless the chain already holds it; on a rate limit, keep it pending."""
-        if self.committed_sha256 == packed.sha256:
-            self._commit_landed(packed)
-            return
-        try:
+    async def _commit_pending(self) -> None:
+        """Commit ``self.pending`` unless the chain already holds it (read again before each try)."""
+        packed = self.pending
+        assert packed is not None and self.axon is not None
+        commitment = (await asyncio.to_thread(self.chain.commitments)).get(self.hotkey)
+        self.committed_sha256 = parse_commitment(commitment.data).sha256 if commitment else None
+        self.axon.set_committed(self.committed_sha256)
+        if self.committed_sha256 != packed.sha256:
             block = await asyncio.to_thread(self.chain.commit, self.wallet, format_commitment(packed.sha256))
-        except RateLimited as exc:
-            self.pending = packed
-            logger.warning("commitment rate-limited (%s); will retry", exc.message)
-            return
-        logger.info("committed %s at block %d", packed.sha256, block)
-        self.committed_sha256 = packed.sha256
-        self._commit_landed(packed)
-
-    def _commit_landed(self, packed: PackedSubmission) -> None:
+            logger.info("committed %s at block %d", packed.sha256, block)
+            self.committed_sha256 = packed.sha256
         self.pending = None
         if self.served is None or self.served.sha256 != packed.sha256:
             self._serve(packed)
-        assert self.axon is not None
         self.axon.set_committed(self.committed_sha256)
+
+    def _serve(self, packed: PackedSubmission) -> None:
+        assert self.axon is not None
+        self.axon.set_submission(packed.zip_bytes)
+        self.served = packed
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,40 +293,30 @@ class Miner:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prism-miner", description="PRISM miner: commit and serve a submission"
-    )
+    parser = neuron_parser("neurons/miner.py", "PRISM miner: commit and serve a submission")
     add_common_args(parser)
     parser.add_argument("--submission", required=True, type=Path, help="project directory, .zip or .py")
-    parser.add_argument("--axon.ip", dest="axon_ip", default="0.0.0.0", help="address to bind")
-    parser.add_argument("--axon.port", dest="axon_port", type=int, default=8091)
-    parser.add_argument(
-        "--axon.external_ip", dest="axon_external_ip", default=None, help="address published on chain"
-    )
-    parser.add_argument("--axon.external_port", dest="axon_external_port", type=int, default=None)
-    parser.add_argument(
-        "--min_validator_stake",
-        type=float,
-        default=None,
-        help="also serve callers without a validator permit that hold at least this stake",
-    )
-    parser.add_argument(
-        "--axon.rate_limit",
-        dest="rate_limit_per_min",
-        type=float,
-        default=60.0,
-        help="requests/min per hotkey",
-    )
-    parser.add_argument("--sync_interval", type=float, default=12.0, help="seconds between maintenance steps")
-    parser.add_argument(
-        "--no-watch", dest="watch", action="store_false", help="do not re-read the submission"
-    )
-    parser.add_argument(
-        "--check.smoke", dest="check_smoke", action="store_true", help="run a CPU smoke eval first"
-    )
-    parser.add_argument(
-        "--check.data", dest="check_data", type=Path, default=None, help="shards for --check.smoke"
-    )
+    parser.add_argument("--axon.ip", dest="axon_ip", default="0.0.0.0", help="address the axon binds")
+    parser.add_argument("--axon.port", dest="axon_port", type=int, default=8091,
+                        help="port the axon binds (0: any free port)")  # fmt: skip
+    parser.add_argument("--axon.external_ip", dest="axon_external_ip", default=None,
+                        help="address published on chain; unset: --axon.ip, or for a wildcard bind the "
+                        "detected public address of the outward interface")  # fmt: skip
+    parser.add_argument("--axon.external_port", dest="axon_external_port", type=int, default=None,
+                        help="port published on chain; unset: the bound port")  # fmt: skip
+    parser.add_argument("--min_validator_stake", type=float, default=None,
+                        help="also serve callers without a validator permit whose stake on this subnet "
+                        "(alpha) is at least this")  # fmt: skip
+    parser.add_argument("--axon.rate_limit", dest="rate_limit_per_min", type=float, default=60.0,
+                        help="requests per minute per validator hotkey")  # fmt: skip
+    parser.add_argument("--sync_interval", type=float, default=12.0,
+                        help="seconds between maintenance steps (re-pack, retry chain writes)")  # fmt: skip
+    parser.add_argument("--no-watch", dest="watch", action="store_false",
+                        help="never re-read the submission after start-up")  # fmt: skip
+    parser.add_argument("--check.smoke", dest="check_smoke", action="store_true",
+                        help="run a CPU smoke evaluation before serving")  # fmt: skip
+    parser.add_argument("--check.data", dest="check_data", type=Path, default=None,
+                        help="prepared byte-level shards for --check.smoke (unset: the offline corpus)")  # fmt: skip
     return parser
 
 

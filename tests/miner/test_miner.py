@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -218,6 +219,42 @@ def test_changed_submission_is_recommitted_within_the_rate_limit(
     asyncio.run(scenario())
 
 
+def test_watch_commits_code_edits_but_not_comment_only_edits(
+    tmp_path: Path, chain: LocalChain, wallet_root: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="prism.miner")
+    project = write_project(tmp_path / "project")
+    first = pack_and_check(project)
+
+    async def scenario() -> None:
+        miner = Miner(miner_config(chain, wallet_root, project), chain=chain)
+        await miner.start()
+        try:
+            clock.now += 10.0  # far past the commitment rate limit: any commit would land
+            source = (project / "model.py").read_text()
+            (project / "model.py").write_text(
+                "# tuned the width below\n" + source.replace("):", "):  # note", 1)
+            )
+            edited = pack_and_check(project)
+            assert edited.sha256 != first.sha256 and edited.code_fingerprint == first.code_fingerprint
+            await miner.step()
+            await miner.step()
+            assert miner.pending is None and miner.served is not None and miner.served.sha256 == first.sha256
+            assert len(chain.commitment_history(miner.hotkey)) == 1
+            assert caplog.text.count("comments or formatting only") == 1  # said once, not every step
+            write_project(project, width=12)  # a real change of the architecture code
+            await miner.step()
+            assert (
+                parse_commitment(chain.commitments()[miner.hotkey].data).sha256
+                == pack_and_check(project).sha256
+            )
+            assert len(chain.commitment_history(miner.hotkey)) == 2
+        finally:
+            await miner.stop()
+
+    asyncio.run(scenario())
+
+
 def test_restart_with_the_same_submission_does_not_recommit(
     tmp_path: Path, chain: LocalChain, wallet_root: Path, clock: ManualClock
 ) -> None:
@@ -278,9 +315,11 @@ def test_clear_errors_for_operator_mistakes(tmp_path: Path, chain: LocalChain, w
 
     wildcard = miner_config(chain, wallet_root, project, axon_ip="0.0.0.0")
     assert published_ip(wildcard) == "127.0.0.1"  # a local chain is dialled on loopback
+    real = wildcard.model_copy(update={"chain": ChainConfig(kind="bittensor")})
     with pytest.raises(OperatorError) as no_external_ip:
-        published_ip(wildcard.model_copy(update={"chain": ChainConfig(kind="bittensor")}))
+        published_ip(real, probe=lambda _family: "10.1.2.3")  # behind NAT: only the operator knows
     assert no_external_ip.value.code == "config.invalid"
+    assert published_ip(real, probe=lambda _family: "1.2.3.4") == "1.2.3.4"  # detected public address
 
 
 def test_miner_process_serves_until_sigterm(tmp_path: Path, chain: LocalChain, wallet_root: Path) -> None:
