@@ -30,8 +30,9 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism import __version__
-from prism.chain import Chain, Commitment, Metagraph, RateLimited
+from prism.chain import Chain, ChainRejected, ChainTimeout, Commitment, Metagraph, RateLimited
 from prism.chain.commitments import parse_commitment
+from prism.chain.weights import FallbackRule, conform_weights, weights_version_key
 from prism.errors import OperatorError, PrismError
 from prism.manifest import MANIFEST_FILENAME, RecipeMode
 from prism.neuron_config import (
@@ -39,6 +40,7 @@ from prism.neuron_config import (
     WalletConfig,
     add_common_args,
     chain_config,
+    neuron_parser,
     setup_logging,
     wallet_config,
 )
@@ -48,7 +50,9 @@ from prism.store import DB_FILENAME, RunKey, Store
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_VERSION_KEY = 1
+# After a set_weights timeout the extrinsic may still land: wait this many blocks before the chain's
+# LastUpdate decides whether to send again.
+TIMEOUT_SETTLE_BLOCKS = 3
 
 
 class _Strict(BaseModel):
@@ -87,6 +91,9 @@ class ValidatorConfig(_Strict):
     fetch: FetchConfig = FetchConfig()
     wandb: WandbConfig = WandbConfig()
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many loop steps (tests)")
+    weights_fallback: FallbackRule = Field(
+        default="owner", description="when nothing qualifies: owner (burn to the subnet owner's uid) or skip"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +164,7 @@ class LoopState:
     infra_streak: int = 0  # consecutive runs that failed on our side
     evaluation_paused_until: float = 0.0  # time.monotonic() before which no run is claimed
     last_weights_step: int | None = None  # the step that last set weights, since start-up
+    weights_retry_block: int | None = None  # no weight set before this block (after a refusal)
     unreachable: dict[str, int] = field(default_factory=dict)  # hotkey -> block of last failed fetch
 
 
@@ -165,8 +173,10 @@ class LoopState:
 
 
 def sync(chain: Chain) -> ChainView:
+    """One metagraph read (neurons, LastUpdate, hyperparameters) and one commitments read per step;
+    every later stage of the step uses this view."""
     metagraph = chain.metagraph()
-    return ChainView(block=chain.block(), metagraph=metagraph, commitments=chain.commitments())
+    return ChainView(block=metagraph.block, metagraph=metagraph, commitments=chain.commitments())
 
 
 def discover(view: ChainView, known: Callable[[str, str], bool], state: LoopState) -> list[Candidate]:
@@ -330,6 +340,7 @@ def evaluate_next(store: Store, settings: EvaluationSettings, evaluate: Callable
             heldout_seed=settings.heldout_seed,
             attempt=0,
             progress=False,
+            calibration_dir=settings.runs_dir.parent / "calibration",  # this validator's own hardware
         )
         manifest = manifests[0]
         path = settings.runs_dir / manifest.run_id / MANIFEST_FILENAME
@@ -373,26 +384,51 @@ def score(store: Store, policy: ScoringPolicy, view: ChainView) -> WeightResult:
     return result
 
 
-def weights_due(chain: Chain, hotkey: str) -> bool:
-    """Once per tempo and never inside the weights rate limit, judged by the chain itself (so a
-    restart, a timed-out call that landed anyway, or a reused state directory cannot fool it)."""
-    since = chain.blocks_since_last_update(hotkey)
-    return since is None or since >= max(chain.tempo(), chain.weights_rate_limit(), 1)
+def weights_due(view: ChainView, hotkey: str, state: LoopState) -> bool:
+    """Once per tempo and never inside the weights rate limit, judged by the chain's ``LastUpdate`` in
+    this step's metagraph (so a restart, a timed-out call that landed anyway, or a reused state
+    directory cannot fool it), and not while backing off after a refusal."""
+    if state.weights_retry_block is not None and view.block < state.weights_retry_block:
+        return False
+    params = view.metagraph.hyperparams
+    since = view.metagraph.blocks_since_last_update(hotkey)
+    return since is None or since >= max(params.tempo, params.weights_rate_limit, 1)
 
 
 def set_weights(chain: Chain, wallet: Any, result: WeightResult, store: Store, view: ChainView,
-                state: LoopState) -> dict[str, Any]:  # fmt: skip
-    if not result.weights:
-        return {"set": 0, "reason": "nothing scored"}
+                state: LoopState, fallback: FallbackRule = "owner") -> dict[str, Any]:  # fmt: skip
+    """Fit the scored weights to the subnet's rules (``prism.chain.weights``) and set them. A refusal
+    backs off (a tempo; the rate limit's window when rate-limited); a timeout is re-judged by the
+    chain's ``LastUpdate`` a few blocks later. Timeouts and connection errors propagate."""
+    conformed = conform_weights(dict(result.weights), view.metagraph, fallback=fallback)
+    if not conformed.weights:
+        return {"set": 0, "reason": conformed.note or "nothing scored"}
+    version = weights_version_key(view.metagraph.hyperparams)
+    params = view.metagraph.hyperparams
     try:
-        block = chain.set_weights(wallet, dict(result.weights), WEIGHTS_VERSION_KEY)
+        block = chain.set_weights(wallet, conformed.weights, version)
     except RateLimited as exc:
+        state.weights_retry_block = view.block + max(params.weights_rate_limit, 1)
+        logger.warning(
+            "set_weights rate-limited (%s); not retrying before block %d", exc, state.weights_retry_block
+        )
         return {"set": 0, "reason": exc.code}
-    store.record_weights(block, result.weights, profile_key=result.leaderboard.profile_key,
+    except ChainTimeout:
+        state.weights_retry_block = view.block + TIMEOUT_SETTLE_BLOCKS
+        raise
+    except (ChainRejected, OperatorError) as exc:  # a verdict of the chain (or our own setup)
+        state.weights_retry_block = view.block + max(params.tempo, 1)
+        logger.warning("set_weights rejected by the chain (%s); backing off until block %d (one tempo)",
+                       exc, state.weights_retry_block)  # fmt: skip
+        return {"set": 0, "reason": exc.code, "retry_block": state.weights_retry_block}
+    state.weights_retry_block = None
+    store.record_weights(block, conformed.weights, profile_key=result.leaderboard.profile_key,
                          rules_version=result.leaderboard.rules_version)  # fmt: skip
     state.last_weights_block = block
     state.last_weights_step = state.step
-    return {"set": 1, "block": block, "uids": len(result.weights)}
+    logger.info("weights set at block %d (%s, version_key %d, %s): %s", block, conformed.rule, version,
+                "commit-reveal" if params.commit_reveal else "plain", conformed.note or len(conformed.weights))  # fmt: skip
+    return {"set": 1, "block": block, "uids": len(conformed.weights), "rule": conformed.rule}
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,10 +486,11 @@ def step(parts: ValidatorParts, state: LoopState, stop: threading.Event) -> Loop
     result = score(parts.store, parts.policy, view)
     _emit(parts, "score", {"families": len(result.leaderboard.families), "scored_uids": len(result.weights)})
     try:
-        if weights_due(parts.chain, parts.hotkey):
-            _emit(parts, "weights", set_weights(parts.chain, parts.wallet, result, parts.store, view, state))
-    except PrismError as exc:  # a timeout, a refused extrinsic: try again next step
-        logger.warning("set_weights failed (%s); retrying next step", exc)
+        if weights_due(view, parts.hotkey, state):
+            _emit(parts, "weights", set_weights(parts.chain, parts.wallet, result, parts.store, view, state,
+                                                parts.config.weights_fallback))  # fmt: skip
+    except PrismError as exc:  # a timeout, an unreachable node: the chain's LastUpdate decides next step
+        logger.warning("set_weights failed (%s); the chain is re-read before any retry", exc)
     write_status(parts.config.state_dir, _status(parts, view, state))
     return state
 
@@ -518,7 +555,9 @@ def build_parts(config: ValidatorConfig) -> ValidatorParts:
     wallet = load_wallet(config.wallet.name, config.wallet.hotkey, config.wallet.path)
     hotkey = hotkey_ss58(wallet)
     chain = open_chain(config.chain.kind, netuid=config.netuid, path=config.chain.path,
-                       network=config.chain.network, endpoint=config.chain.endpoint)  # fmt: skip
+                       network=config.chain.network, endpoint=config.chain.endpoint,
+                       read_timeout_s=config.chain.read_timeout_s,
+                       write_timeout_s=config.chain.write_timeout_s)  # fmt: skip
     neuron = chain.metagraph().neuron(hotkey)
     if neuron is None:
         raise OperatorError(
@@ -630,29 +669,38 @@ def write_status(state_dir: Path, status: dict[str, Any]) -> None:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neurons/validator.py", description="PRISM validator")
+    parser = neuron_parser("neurons/validator.py", "PRISM validator")
     add_common_args(parser)
     parser.add_argument("--neuron.state_dir", dest="state_dir", default="~/.prism/validator",
                         help="store, fetched ZIPs, run manifests and artifacts")  # fmt: skip
     parser.add_argument(
         "--profile", default="gpu_proxy_eval", help="evaluation profile (see docs/evaluator.md)"
     )
-    parser.add_argument(
-        "--data", dest="data_dir", default=None, help="prepared token shards (prism data prepare)"
-    )
-    parser.add_argument(
-        "--heldout_seed", type=int, default=None, help="seed of this validator's held-out windows"
-    )
+    parser.add_argument("--data", dest="data_dir", default=None,
+                        help="prepared token shards (prism data prepare); unset: the offline corpus, "
+                        "non-official profiles only")  # fmt: skip
+    parser.add_argument("--heldout_seed", type=int, default=None,
+                        help="seed of this validator's held-out windows; unset: the profile's")  # fmt: skip
     parser.add_argument("--scoring.waive", dest="waive", action="append", default=[],
                         help="ineligibility reason to tolerate (local demos: profile.not_official)")  # fmt: skip
     parser.add_argument("--max_attempts", type=int, default=3, help="infrastructure retries per run")
     parser.add_argument("--loop_interval", type=float, default=5.0, help="seconds between idle steps")
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after N loop steps")
-    parser.add_argument("--fetch.timeout", dest="fetch_timeout", type=float, default=30.0)
-    parser.add_argument("--fetch.concurrency", dest="fetch_concurrency", type=int, default=8)
+    parser.add_argument(
+        "--max_steps", type=int, default=None, help="stop after N loop steps; unset: run until stopped"
+    )
+    parser.add_argument("--weights.fallback", dest="weights_fallback", choices=("owner", "skip"), default="owner",
+                        help="when no miner qualifies: owner sets all weight on the subnet owner's uid "
+                        "(burns this validator's share of miner emission), skip sets no weights")  # fmt: skip
+    parser.add_argument("--fetch.timeout", dest="fetch_timeout", type=float, default=30.0,
+                        help="seconds per download attempt from a miner")  # fmt: skip
+    parser.add_argument("--fetch.concurrency", dest="fetch_concurrency", type=int, default=8,
+                        help="miners downloaded from at once")  # fmt: skip
     parser.add_argument("--wandb.off", dest="wandb_off", action="store_true", help="disable wandb logging")
-    parser.add_argument("--wandb.mode", dest="wandb_mode", choices=("offline", "online"), default="offline")
-    parser.add_argument("--wandb.project", dest="wandb_project", default="prism-validator")
+    parser.add_argument("--wandb.mode", dest="wandb_mode", choices=("offline", "online"), default="offline",
+                        help="wandb mode when enabled")  # fmt: skip
+    parser.add_argument(
+        "--wandb.project", dest="wandb_project", default="prism-validator", help="wandb project"
+    )
     return parser
 
 
@@ -670,6 +718,7 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
         max_attempts=args.max_attempts,
         loop_interval_s=args.loop_interval,
         max_steps=args.max_steps,
+        weights_fallback=args.weights_fallback,
         fetch=FetchConfig(timeout_s=args.fetch_timeout, max_concurrency=args.fetch_concurrency),
         wandb=WandbConfig(
             mode="off" if args.wandb_off else args.wandb_mode, project=args.wandb_project, dir=state_dir

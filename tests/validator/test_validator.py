@@ -38,6 +38,9 @@ from prism.validator import (
     evaluate_next,
     intake,
     planned_runs,
+    score,
+    set_weights,
+    sync,
     weights_due,
 )
 
@@ -175,13 +178,35 @@ def test_weights_follow_the_chains_tempo_and_rate_limit(tmp_path: Path) -> None:
     miner = create_wallet("miner", "default", tmp_path / "w")
     chain.register_wallet(wallet, stake=10.0, validator_permit=True)
     uid = chain.register_wallet(miner, stake=1.0)
-    hotkey = hotkey_ss58(wallet)
-    assert weights_due(chain, hotkey)  # never set: due now
+    hotkey, state = hotkey_ss58(wallet), LoopState()
+    assert weights_due(sync(chain), hotkey, state)  # never set: due now
     chain.set_weights(wallet, {uid: 1.0}, 1)
     now[0] += 4  # 4 blocks later: inside the tempo
-    assert not weights_due(chain, hotkey)
+    assert not weights_due(sync(chain), hotkey, state)
     now[0] += 1  # a full tempo since the last set
-    assert weights_due(chain, hotkey)
+    assert weights_due(sync(chain), hotkey, state)
+    state.weights_retry_block = sync(chain).block + 3  # backing off after a refusal
+    assert not weights_due(sync(chain), hotkey, state)
+
+
+def test_a_refused_set_backs_off_a_tempo_on_the_embedded_chain(tmp_path: Path) -> None:
+    from prism.scoring import policy_for_profile
+
+    chain = LocalChain.create(tmp_path / "c.sqlite3", SubnetParams(netuid=NETUID, tempo=5), block_time_s=1.0,
+                              clock=lambda: 1000.0)  # fmt: skip
+    wallet = create_wallet("val", "default", tmp_path / "w")
+    chain.register_wallet(wallet, stake=10.0, validator_permit=False)  # no permit: the chain refuses
+    uid = chain.register_wallet(create_wallet("miner", "default", tmp_path / "w"))
+    state = LoopState()
+    with Store.open(tmp_path / "v.sqlite3") as store:
+        view = sync(chain)
+        result = score(store, policy_for_profile(load_profile(str(TINY_PROFILE))), view)
+        scored = result.model_copy(update={"weights": {uid: 1.0}})
+        outcome = set_weights(chain, wallet, scored, store, view, state)
+        assert outcome == {"set": 0, "reason": "chain.not_permitted", "retry_block": view.block + 5}
+        assert not weights_due(sync(chain), hotkey_ss58(wallet), state)
+        # Nothing qualifies and the embedded chain has no subnet owner: nothing is set.
+        assert set_weights(chain, wallet, result, store, view, LoopState())["set"] == 0
 
 
 def test_a_hotkey_serving_bad_bytes_does_not_taint_the_honest_committer(tmp_path: Path) -> None:
