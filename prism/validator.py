@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism import __version__
-from prism.chain import Chain, ChainRejected, ChainTimeout, Commitment, Metagraph, RateLimited
+from prism.chain import Chain, ChainError, ChainRejected, ChainTimeout, Commitment, Metagraph, RateLimited
 from prism.chain.commitments import parse_commitment
 from prism.chain.weights import FallbackRule, conform_weights, weights_version_key
 from prism.errors import OperatorError, PrismError
@@ -558,14 +558,7 @@ def build_parts(config: ValidatorConfig) -> ValidatorParts:
                        network=config.chain.network, endpoint=config.chain.endpoint,
                        read_timeout_s=config.chain.read_timeout_s,
                        write_timeout_s=config.chain.write_timeout_s)  # fmt: skip
-    neuron = chain.metagraph().neuron(hotkey)
-    if neuron is None:
-        raise OperatorError(
-            f"hotkey {hotkey} is not registered on subnet {config.netuid}; register it first",
-            code="validator.not_registered",
-        )
-    if not neuron.validator_permit:
-        logger.warning("hotkey %s has no validator permit: miners may refuse its requests", hotkey)
+    _check_registration(chain, hotkey, config.netuid)
     profile = load_profile(config.profile)
     data_dir = _resolve_data_dir(config, profile)
     store = Store.open(config.state_dir / DB_FILENAME)
@@ -580,6 +573,23 @@ def build_parts(config: ValidatorConfig) -> ValidatorParts:
         policy=policy, data_dir=data_dir, evaluate=evaluate,
         dendrite_factory=lambda: Dendrite(wallet, dendrite_config), callbacks=callbacks,
     )  # fmt: skip
+
+
+def _check_registration(chain: Chain, hotkey: str, netuid: int) -> None:
+    """An unregistered hotkey stops the validator; a chain that cannot be read now does not (the
+    loop's sync retries it every step)."""
+    try:
+        neuron = chain.metagraph().neuron(hotkey)
+    except ChainError as exc:
+        logger.warning("cannot check the registration now (%s); the loop retries the chain", exc)
+        return
+    if neuron is None:
+        raise OperatorError(
+            f"hotkey {hotkey} is not registered on subnet {netuid}; register it first",
+            code="validator.not_registered",
+        )
+    if not neuron.validator_permit:
+        logger.warning("hotkey %s has no validator permit: miners may refuse its requests", hotkey)
 
 
 def _resolve_data_dir(config: ValidatorConfig, profile: Profile) -> Path:

@@ -158,6 +158,7 @@ def test_validator_syncs_sets_weights_backs_off_and_survives_rpc_trouble(
 ) -> None:
     faults = [
         {"where": "submit:set_mechanism_weights", "kind": "dispatch", "name": "IncorrectWeightVersionKey"},
+        {"where": "runtime_call:get_metagraph", "kind": "rpc_timeout"},  # the start-up registration check
         {"where": "runtime_call:get_metagraph", "kind": "rpc_timeout", "skip": 3},
         {"where": "query_map:CommitmentOf", "kind": "hang", "seconds": 2.0, "skip": 5},
     ]
@@ -178,6 +179,7 @@ def test_validator_syncs_sets_weights_backs_off_and_survives_rpc_trouble(
                for e in sent)  # fmt: skip
     faulted = {e["fault"] for e in journal_entries(journal) if "fault" in e}
     assert {"runtime_call:get_metagraph", "query_map:CommitmentOf"} <= faulted
+    assert "cannot check the registration now" in log
     assert "chain sync failed" in log and "timed out without a response" in log and "within 0.5 s" in log
     status = json.loads((tmp_path / "state" / "status.json").read_text())
     assert status["step"] == 30 and status["last_weights"] == {"0": 1.0}
@@ -268,6 +270,14 @@ def test_miner_serves_commits_recommits_and_survives_transient_errors(
     assert process.returncode == 0, text
     assert "miner stopped" in text and "comments or formatting only" in text
     assert any(e.get("fault") == "submit:set_commitment" for e in journal_entries(journal))
+
+
+def test_validator_refuses_to_start_with_an_unregistered_hotkey(tmp_path: Path, wallet_root: Path) -> None:
+    args = [*chain_flags(wallet_root, "stranger"), "--neuron.state_dir", str(tmp_path / "state"),
+            "--profile", str(TINY_PROFILE), "--wandb.off"]  # fmt: skip
+    process, journal, log = launch(tmp_path, scenario(wallet_root), "validator.py", args)
+    assert process.wait(timeout=120) == 1
+    assert "is not registered on subnet 11" in log.read_text() and journal_entries(journal) == []
 
 
 def test_miner_refuses_to_start_with_an_unregistered_hotkey(tmp_path: Path, wallet_root: Path) -> None:
