@@ -35,6 +35,7 @@ from prism.chain.errors import (
     ChainTimeout,
     ChainUnavailable,
     InsufficientBalance,
+    NamedByChain,
     NotPermitted,
     NotRegistered,
     RateLimited,
@@ -85,8 +86,11 @@ def parse_axon_endpoint(endpoint: str | None) -> AxonInfo | None:
     return AxonInfo(ip=ip, port=port_number)
 
 
-def _named(error: PrismError, name: str | None) -> PrismError:
-    error.chain_name = name  # type: ignore[attr-defined]  # every chain error class declares it
+N = TypeVar("N", bound=NamedByChain)
+
+
+def _named(error: N, name: str | None) -> N:
+    error.chain_name = name
     return error
 
 
@@ -102,7 +106,7 @@ def _map_chain_error(exc: bt.ChainError, what: str) -> PrismError:
         return _named(
             NotPermitted(f"{message}; stake more to the hotkey or wait for a validator permit"), name
         )
-    by_code: dict[ErrorCode, type[PrismError]] = {
+    by_code: dict[ErrorCode, type[ChainError | NotRegistered | SubnetMissing]] = {
         ErrorCode.RATE_LIMITED: RateLimited,
         ErrorCode.NOT_REGISTERED: NotRegistered,
         ErrorCode.SUBNET_NOT_EXISTS: SubnetMissing,

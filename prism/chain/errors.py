@@ -15,13 +15,13 @@ from __future__ import annotations
 from prism.errors import InfrastructureFault, OperatorError
 
 
-class _FromChain:
+class NamedByChain:
     """Mixin: the chain's own name for the error, when it gave one."""
 
     chain_name: str | None = None
 
 
-class ChainError(InfrastructureFault, _FromChain):
+class ChainError(InfrastructureFault, NamedByChain):
     """A chain call failed on our side of the line; retried later."""
 
     default_code = "chain.error"
@@ -61,26 +61,26 @@ class BlockUnavailable(ChainError):
     default_code = "chain.block_unavailable"
 
 
-class NotRegistered(OperatorError, _FromChain):
+class NotRegistered(OperatorError, NamedByChain):
     """The hotkey has no uid on this subnet: register it before serving or validating."""
 
     default_code = "chain.not_registered"
 
 
-class NotPermitted(OperatorError, _FromChain):
+class NotPermitted(OperatorError, NamedByChain):
     """The hotkey is registered but lacks what the call needs (a validator permit, enough stake)."""
 
     default_code = "chain.not_permitted"
 
 
-class InsufficientBalance(OperatorError, _FromChain):
+class InsufficientBalance(OperatorError, NamedByChain):
     """The coldkey that pays the fee cannot: fund it (weights, serving and commitments are paid by the
     coldkey that owns the signing hotkey)."""
 
     default_code = "chain.insufficient_balance"
 
 
-class SubnetMissing(OperatorError, _FromChain):
+class SubnetMissing(OperatorError, NamedByChain):
     """The subnet (or the local chain file) does not exist."""
 
     default_code = "chain.subnet_missing"

@@ -59,7 +59,8 @@ class AxonConfig(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(default=8091, ge=0, le=65535)  # 0 = any free port (tests)
     max_request_bytes: int = Field(default=16 * 1024, ge=0)
-    # A caller qualifies with a validator permit, or (when set) with at least this much stake.
+    # A caller qualifies with a validator permit, or (when set) with at least this much stake: the
+    # neuron's stake weight on this subnet, in alpha on a real subnet (prism.chain.base).
     allow_validator_permit: bool = True
     min_validator_stake: float | None = Field(default=None, ge=0)
     rate_limit_per_min: float = Field(default=60.0, gt=0)
