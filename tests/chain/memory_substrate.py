@@ -121,10 +121,9 @@ class MemorySubstrate:
         fault = self._take_fault(where)
         if fault is None:
             return None
-        if self._journal is not None or fault.kind != "dispatch":
-            self._record(
-                {"fault": where, "kind": fault.kind, "name": fault.name, "block": self.runtime.clock.head()}
-            )
+        self._record(
+            {"fault": where, "kind": fault.kind, "name": fault.name, "block": self.runtime.clock.head()}
+        )
         if fault.kind == "rpc_timeout":
             raise _public_rpc_error(TimeoutError())
         if fault.kind == "rpc_policy":
