@@ -353,10 +353,21 @@ def python_binds() -> list[Bind]:
 
 
 def gpu_binds() -> list[Bind]:
-    """Device binds for NVIDIA GPUs present on the host (empty on CPU-only machines)."""
+    """Device binds for the NVIDIA GPUs this process may use (empty on CPU-only machines).
+
+    With ``CUDA_VISIBLE_DEVICES`` set to indexes (a worker's slot), only those GPUs' nodes
+    (``/dev/nvidiaN``) are bound, with the driver's shared nodes (``nvidiactl``, ``nvidia-uvm``,
+    ...): the other GPUs of the machine do not exist inside the sandbox.
+    """
     dev = Path("/dev")
-    names = sorted(p.name for p in dev.glob("nvidia*") if not p.is_dir())
-    binds = [Bind(src=dev / name, device=True) for name in names]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    wanted = {int(x) for x in visible.split(",") if x.strip().isdigit()} if visible else None
+    binds = []
+    for path in sorted(p for p in dev.glob("nvidia*") if not p.is_dir()):
+        suffix = path.name.removeprefix("nvidia")
+        if suffix.isdigit() and wanted is not None and int(suffix) not in wanted:
+            continue
+        binds.append(Bind(src=path, device=True))
     caps = dev / "nvidia-caps"
     if caps.is_dir():
         binds.append(Bind(src=caps, device=True))
