@@ -18,6 +18,8 @@ from prism.scoring.comparison import Comparison
 from prism.scoring.near_duplicates import merge_near_duplicates
 from prism.scoring.policy import ScoringPolicy
 from prism.scoring.records import SubmissionRecord
+from prism.scoring.screening import REASON as SCREEN_REASON
+from prism.scoring.screening import screened_out
 from prism.scoring.standings import FamilyEntry, OwnershipEvent, Standings, VariantEntry, VersionEntry
 from prism.scoring.submissions import Sub, prepare
 from prism.scoring.training import Variant, replay_training
@@ -88,8 +90,26 @@ def _version_entries(reps: dict[str, Sub], families: dict[str, Family]) -> list[
 
 
 def run_competitions(records: Sequence[SubmissionRecord], policy: ScoringPolicy) -> Standings:
-    """Both competitions over ``records`` under ``policy``; independent of the input order."""
-    subs = prepare(merge_near_duplicates(records, policy), policy)
+    """Both competitions over ``records`` under ``policy``; independent of the input order.
+
+    With screening, a first replay finds the leader each submission faced; submissions screened
+    out against it take part in nothing in the second, final replay (prism.scoring.screening).
+    """
+    merged = merge_near_duplicates(records, policy)
+    screened = (
+        screened_out(merged, policy, _replay(merged, policy, frozenset())) if policy.screens else frozenset()
+    )
+    return _replay(merged, policy, frozenset(screened))
+
+
+def _replay(
+    records: Sequence[SubmissionRecord], policy: ScoringPolicy, screened: frozenset[str]
+) -> Standings:
+    subs = prepare(records, policy)
+    for sub in subs:
+        if sub.record.zip_sha256 in screened:
+            sub.reasons.add(SCREEN_REASON)
+            sub.eligible = False
     events: list[OwnershipEvent] = []
     comparisons: list[Comparison] = []
     reps = version_representatives(subs)

@@ -62,6 +62,10 @@ class CompetitionRules(_Frozen):
     near_duplicates: bool = False
     # Added to a margin when the two sides ran on different software stacks (torch/CUDA/cuDNN).
     stack_tolerance_bpb: float = Field(default=0.0, ge=0.0)
+    # Screening (prism.scoring.screening): a first cell behind the leader's by more than
+    # max(abs, rel * leader bpb) ends the submission's evaluation. 0 and 0: no screening.
+    screening_margin_bpb: float = Field(default=0.0, ge=0.0)
+    screening_margin_rel: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _pools_sum_to_one(self) -> CompetitionRules:
@@ -82,6 +86,15 @@ class ScoringPolicy(CompetitionRules):
     waived_reasons: frozenset[str] = frozenset()
     # Official profiles: every run's seeds must come from the chain beacon (prism.beacon).
     beacon_seeds: bool = False
+    # The first cell every architecture submission runs (the smallest regime, the first seed).
+    screening_regime: str | None = None
+    screening_seed: int | None = None
+
+    @property
+    def screens(self) -> bool:
+        return self.screening_regime is not None and (
+            self.screening_margin_bpb > 0 or self.screening_margin_rel > 0
+        )
 
     @property
     def profile_key(self) -> str:
@@ -134,6 +147,8 @@ def policy_for_profile(profile: Profile, *, block: int = 0, **overrides: Any) ->
         smuggle_factor=profile.gates.smuggle_factor,
         max_train_heldout_gap_bpb=profile.gates.max_train_heldout_gap_bpb,
         beacon_seeds=profile.official,
+        screening_regime=min(profile.regimes, key=lambda r: (r.max_parameters, r.train_tokens)).name,
+        screening_seed=profile.seeds[0],
     )
     fields.update(overrides)
     return ScoringPolicy.model_validate(fields)

@@ -90,6 +90,11 @@ SCORING_REASONS: dict[str, ReasonSpec] = _table(
     ),
     ReasonSpec(code="profile.mismatch", fault="validator", description="run from another profile or version"),
     ReasonSpec(
+        code="screen.behind_leader",
+        fault="policy",
+        description="the first cell was behind the leader's by more than the screening margin; not scored",
+    ),
+    ReasonSpec(
         code="run.beacon_mismatch",
         fault="validator",
         description="an official run whose seeds are not the chain beacon's for its cell; redone",

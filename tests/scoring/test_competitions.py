@@ -517,6 +517,7 @@ def test_rules_schedule_is_ascending_and_version_1_never_changes() -> None:
         "training_abs_min_delta_bpb": 0.002, "training_rel_min_delta": 0.002, "unclaimed_rule": "redistribute",
         "burn_uid": 0, "owner_share": 1.0, "comparison": "unpaired", "architecture_z": 0.0,
         "training_dedup": "family", "near_duplicates": False, "stack_tolerance_bpb": 0.0,
+        "screening_margin_bpb": 0.0, "screening_margin_rel": 0.0,
     }  # fmt: skip
     changed = {k for k, v in RULES_V2.model_dump().items() if RULES_V1.model_dump()[k] != v}
     assert changed == {
