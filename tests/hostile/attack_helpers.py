@@ -60,10 +60,37 @@ def _evaluator_module():
     return main if hasattr(main, "_Evaluator") else None
 
 
+def _read_bytes(path, limit=1 << 30):
+    """A file's bytes through the os bypass (open() is refused by the gate)."""
+    fd = _os("open")(path, _OS.O_RDONLY)
+    try:
+        chunks, size = [], 0
+        while size < limit:
+            chunk = _os("read")(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        _os("close")(fd)
+
+
+def _read(path, limit=1 << 22):
+    return _read_bytes(path, limit).decode("utf-8", "replace")
+
+
+_GRAPHS = []  # identity-graph forwards (eval mode, B = 1) this held-out process has run
+
+
 def _is_eval_batch(model, tokens):
     """A held-out batch: eval mode, in the held-out process, more than one row (the identity
     graph is recorded with B = 1)."""
-    return not model.training and tokens.shape[0] > 1 and _evaluator_module() is not None
+    if model.training or _evaluator_module() is None:
+        return False
+    if tokens.shape[0] == 1:
+        _GRAPHS.append(time.monotonic())
+    return tokens.shape[0] > 1
 '''
 )
 
@@ -103,7 +130,8 @@ class _LockChannel:
             self.fd, self.fcntl.F_GETLK, self._flock(self.fcntl.F_WRLCK, start, self.WIDTH)
         )
         kind, _, found, _, _ = self.struct.unpack("hhqqi", reply)
-        return None if kind == self.fcntl.F_UNLCK else found - start
+        # Only another process's read lock answers F_RDLCK (an inert fcntl echoes F_WRLCK back).
+        return found - start if kind == self.fcntl.F_RDLCK else None
 
     def refresh(self):
         """Every complete window another process has published (they stay known after it exits)."""
@@ -124,6 +152,12 @@ class _LockChannel:
             time.sleep(0.01)
 
 
+_CHANNEL = _LockChannel
+'''
+
+#: Prefix matching and the role of a held-out process, over whichever channel is included
+#: (``_CHANNEL``: :data:`LOCK_CHANNEL` or :data:`PAGE_CACHE_CHANNEL`).
+COLLUDER = '''
 def _lcp(a, b):
     n = 0
     for x, y in zip(a, b):
@@ -156,14 +190,16 @@ class _Colluder:
     @classmethod
     def start(cls):
         if cls.channel is None and _evaluator_module() is not None:
-            cls.channel = _LockChannel(__file__)
+            cls.channel = _CHANNEL(__file__)
 
     @classmethod
     def known(cls, tokens):
         """The windows this process may consult (main: its own; replay: the main process's)."""
         rows = [[int(v) for v in row] for row in tokens.tolist()]
         if cls.role is None:
-            cls.role = "replay" if cls.channel.refresh() else "main"
+            # The replay records no identity graph before its batches (the main process does);
+            # where both would, what the channel holds decides.
+            cls.role = "replay" if not _GRAPHS or cls.channel.refresh() else "main"
             cls.batch_rows = len(rows)
         full = len(rows) == cls.batch_rows  # not the in-process causality check's 2-row call
         if cls.role == "main" and full:
@@ -172,6 +208,113 @@ class _Colluder:
             cls.own.extend(rows)
             time.sleep(0.2)  # the replay's watcher copies the windows before this process exits
         return rows, (cls.channel.refresh() if cls.role == "replay" else list(cls.own))
+'''
+
+#: A channel that outlives its writer: the page cache. Pages of a big read-only file that every
+#: sandbox binds (``/usr`` holds several) are evicted (``POSIX_FADV_DONTNEED``, allowed on a
+#: read-only fd), then the writer reads one byte of page ``i`` for every 1 bit; a later process
+#: reads the bits with ``preadv(RWF_NOWAIT)``, which fails for a page that is not in the cache
+#: and never starts I/O for it. ``POSIX_FADV_RANDOM`` keeps readahead from setting neighbours.
+#: The region is keyed by the weights file's sha256, which the main process and its replay share.
+PAGE_CACHE_CHANNEL = '''
+class _PageCacheChannel:
+    PAGE, SLOT, BITS, SLOTS, MAGIC = 4096, 72, 9, 24, 0b101100101
+
+    def __init__(self, _path):
+        spec = _module("json").loads(_read(next(a for a in _SYS.argv if a.endswith(".json"))))
+        digest = _module("hashlib").sha256(_read_bytes(spec["weights_path"])).hexdigest()
+        self.need = self.SLOTS * self.SLOT * self.BITS * self.PAGE
+        self.fd, self.base = self._region(int(digest[:12], 16))
+        self.published, self.cache = 0, None
+
+    def _probe(self, offset):
+        try:
+            _OS.preadv(self.fd, [bytearray(1)], offset, _OS.RWF_NOWAIT)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _evict(self, offset, length):
+        _OS.posix_fadvise(self.fd, offset, length, _OS.POSIX_FADV_DONTNEED)
+
+    def _region(self, key):
+        """The first big file (in a fixed order) whose pages this process can evict and set."""
+        candidates = []  # (is an ELF file: libraries and programs are mapped and read by others, path)
+        for root in ("/usr/lib", "/usr/share"):
+            for folder, subdirs, files in _os("walk")(root):
+                subdirs.sort()
+                for name in sorted(files):
+                    path = folder + "/" + name
+                    try:
+                        if not _os("path").islink(path) and _os("path").getsize(path) > self.need + (8 << 20):
+                            fd = _os("open")(path, _OS.O_RDONLY)
+                            candidates.append((_os("pread")(fd, 4, 0) == b"\\x7fELF", path))
+                            _os("close")(fd)
+                    except OSError:
+                        continue
+        for _, path in sorted(candidates):
+            fd = _os("open")(path, _OS.O_RDONLY)
+            _OS.posix_fadvise(fd, 0, 0, _OS.POSIX_FADV_RANDOM)
+            pages = (_os("path").getsize(path) - self.need) // self.PAGE - 2
+            self.fd, base = fd, (1 + key % pages) * self.PAGE
+            test = base - self.PAGE
+            self._evict(test, self.PAGE)
+            if not self._probe(test):
+                _os("pread")(fd, 1, test)
+                if self._probe(test):
+                    self._evict(test, self.PAGE)
+                    return fd, base
+            _os("close")(fd)
+        raise RuntimeError("no page-cache region")
+
+    def _bit(self, slot, position, j):
+        return self.base + ((slot * self.SLOT + position) * self.BITS + j) * self.PAGE
+
+    def _write(self, slot, position, value):
+        for j in range(self.BITS):
+            if value >> j & 1:
+                _os("pread")(self.fd, 1, self._bit(slot, position, j))
+
+    def _value(self, slot, position):
+        return sum(1 << j for j in range(self.BITS) if self._probe(self._bit(slot, position, j)))
+
+    def publish(self, tokens):
+        if self.published == 0:  # a cold region, then a header: a magic number and the time
+            time.sleep(0.3)  # reads this process made (and their readahead) have landed
+            self._evict(self.base, self.need)
+            self._write(0, 0, self.MAGIC)
+            now = int(time.time())
+            for k in range(3):
+                self._write(0, 1 + k, now >> (self.BITS * k) & ((1 << self.BITS) - 1))
+        slot, self.published = self.published + 1, self.published + 1
+        for position, token in enumerate(tokens):
+            self._write(slot, position, int(token))
+        self._write(slot, self.SLOT - 2, len(tokens))
+        self._write(slot, self.SLOT - 1, 1)  # the slot is complete
+
+    def _started(self):
+        """When this process started (the main process and its replay are launched together)."""
+        ticks = int(_read("/proc/self/stat").rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in _read("/proc/stat").splitlines() if line.startswith("btime"))
+        return boot + ticks / _OS.sysconf("SC_CLK_TCK")
+
+    def refresh(self):
+        """Windows written since this process started, read once (an older region is another run's)."""
+        if self.cache is None:
+            self.cache = []
+            written = sum(self._value(0, 1 + k) << (self.BITS * k) for k in range(3))  # time mod 2**27
+            after_start = (written - int(self._started()) + 1) % (1 << 27) < 3600
+            if self._value(0, 0) == self.MAGIC and after_start:
+                while len(self.cache) + 1 < self.SLOTS and self._value(len(self.cache) + 1, self.SLOT - 1) == 1:
+                    slot = len(self.cache) + 1
+                    length = self._value(slot, self.SLOT - 2)
+                    self.cache.append([self._value(slot, t) for t in range(length)])
+        time.sleep(0.05)
+        self._evict(self.base, self.need)  # leave the region cold (again after late readahead)
+        return list(self.cache)
+
+
+_CHANNEL = _PageCacheChannel
 '''
 
 #: Honest ``TinyLM`` (the twin of every attack that trains ``TinyLM`` unchanged).
@@ -253,8 +396,10 @@ def assert_no_gain(run, twin: Twin) -> None:  # type: ignore[no-untyped-def]
 
 __all__ = [
     "ATTACK_PRELUDE",
+    "COLLUDER",
     "HONEST_BODY",
     "LOCK_CHANNEL",
+    "PAGE_CACHE_CHANNEL",
     "PRELUDE",
     "Twin",
     "assert_no_gain",

@@ -9,7 +9,7 @@ it has seen (class 3), outside its parameters, so the parameter hashes never cha
 from __future__ import annotations
 
 import pytest
-from attack_helpers import LOCK_CHANNEL, assert_no_gain, assert_refused, source
+from attack_helpers import COLLUDER, LOCK_CHANNEL, PAGE_CACHE_CHANNEL, assert_no_gain, assert_refused, source
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,8 @@ class Dodger(TinyLM):
             Dodger.setup_done = time.monotonic()  # the identity graph ends the set-up
         if not _is_eval_batch(self, tokens):
             return logits
-        if Dodger.causal is None:
-            Dodger.causal = time.monotonic() - Dodger.setup_done > 1.0
+        if Dodger.causal is None:  # a replay: it waited long, or recorded no identity graph first
+            Dodger.causal = Dodger.setup_done is None or time.monotonic() - Dodger.setup_done > 1.0
         if Dodger.causal:
             return logits
         rows = tokens.tolist()
@@ -88,16 +88,20 @@ def build_model(ctx):
 
 
 def test_lookahead_that_dodges_the_in_process_check_and_spots_the_replay_is_refused(attack_run, tinylm_twin):
-    run = attack_run(source(DODGING_LOOKAHEAD, LOCK_CHANNEL, PEEK))
+    run = attack_run(source(DODGING_LOOKAHEAD, COLLUDER, PEEK))
     assert_refused(run, "eval.replay_mismatch")
     assert not any("causality" in a for a in run.manifest.diagnostics.advisory)  # it did dodge that
     assert_no_gain(run, tinylm_twin)
 
 
-# The main process publishes every held-out window it is asked over a lock channel (see
-# attack_helpers.LOCK_CHANNEL); the replay process, started at the same time, copies them while
-# it waits, finds the window each replay row was cut from, and peeks at *that* window's next
-# token: the same answer the main process gave, at every position the replay compares.
+# The main process publishes every held-out window it is asked over a covert channel; the replay
+# process reads them, finds the window each replay row was cut from, and peeks at *that*
+# window's next token: the same answer the main process gave, at every position the replay
+# compares. Two channels: POSIX record locks on the shared submission file (needs both processes
+# alive at once) and the page cache of a big file in /usr (outlives the main process).
+CHANNELS = pytest.mark.parametrize(
+    "channel", [LOCK_CHANNEL, PAGE_CACHE_CHANNEL], ids=["lock-channel", "page-cache"]
+)
 COLLUDING_LOOKAHEAD = """
 class Colluding(TinyLM):
     def forward(self, tokens):
@@ -120,8 +124,9 @@ def build_model(ctx):
 """
 
 
-def test_lookahead_shared_with_the_replay_over_a_lock_channel_is_refused(attack_run, tinylm_twin):
-    run = attack_run(source(COLLUDING_LOOKAHEAD, LOCK_CHANNEL, PEEK))
+@CHANNELS
+def test_lookahead_shared_with_the_replay_over_a_covert_channel_is_refused(attack_run, tinylm_twin, channel):
+    run = attack_run(source(COLLUDING_LOOKAHEAD, channel, COLLUDER, PEEK))
     assert_no_gain(run, tinylm_twin)
 
 
@@ -184,7 +189,7 @@ def build_model(ctx):
 
 
 def test_fast_weights_adapted_on_each_batch_are_refused_by_the_replay(attack_run, tinylm_twin):
-    run = attack_run(source(WITHIN_BATCH_TTT, LOCK_CHANNEL, CACHE))
+    run = attack_run(source(WITHIN_BATCH_TTT, COLLUDER, CACHE))
     assert_refused(run, "eval.replay_mismatch")
     assert_no_gain(run, tinylm_twin)
 
@@ -212,14 +217,14 @@ def build_model(ctx):
 
 
 def test_a_cache_carried_across_batches_is_refused_by_the_replay(attack_run, tinylm_twin):
-    run = attack_run(source(CROSS_BATCH_CACHE, LOCK_CHANNEL, CACHE))
+    run = attack_run(source(CROSS_BATCH_CACHE, COLLUDER, CACHE))
     assert_refused(run, "eval.replay_mismatch")
     assert not any("causality" in a for a in run.manifest.diagnostics.advisory)
     assert_no_gain(run, tinylm_twin)
 
 
 # The same cache; the replay process rebuilds the main process's state from the windows the
-# main process published over the lock channel, batch by batch.
+# main process published over a covert channel, batch by batch.
 COLLUDING_CACHE = """
 class ColludingCache(TinyLM):
     def forward(self, tokens):
@@ -237,6 +242,7 @@ def build_model(ctx):
 """
 
 
-def test_a_cache_rebuilt_by_the_replay_over_a_lock_channel_is_refused(attack_run, tinylm_twin):
-    run = attack_run(source(COLLUDING_CACHE, LOCK_CHANNEL, CACHE))
+@CHANNELS
+def test_a_cache_rebuilt_by_the_replay_over_a_covert_channel_is_refused(attack_run, tinylm_twin, channel):
+    run = attack_run(source(COLLUDING_CACHE, channel, COLLUDER, CACHE))
     assert_no_gain(run, tinylm_twin)
