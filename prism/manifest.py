@@ -313,10 +313,14 @@ class Artifacts(_Strict):
     plot_png: str | None = Field(
         default=None, description="smoothed PNG loss curve (a baseline overlaid by prism eval)"
     )
+    window_losses: str | None = Field(
+        default=None, description="per-window held-out nats and bytes (JSON), for paired comparisons"
+    )
+    window_losses_sha256: str | None = None
 
     @field_validator("*")
     @classmethod
-    def _relative(cls, value: str | None) -> str | None:
+    def _relative(cls, value: str | None) -> str | None:  # (the sha256 field passes: no slash)
         if value is not None and (value.startswith("/") or ".." in Path(value).parts or "\\" in value):
             raise ValueError(f"artifact paths must be artifact-root-relative, got {value!r}")
         return value

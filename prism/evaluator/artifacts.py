@@ -8,11 +8,13 @@ curves) are written next to the manifest, outside every writable bind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ RUN_GRAPH_FILE = "architecture_graph.run.json"
 METADATA_FILE = "architecture_metadata.json"
 PLOT_FILE = "loss_curve.svg"
 PLOT_PNG_FILE = "loss_curve.png"
+WINDOW_LOSSES_FILE = "heldout_windows.json"
 _PROBE_KEYS = ("step", "tokens_seen", "loss_nats", "bpb")
 
 _READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
@@ -201,3 +204,19 @@ __all__ = [
     "read_untrusted",
     "write_json",
 ]
+
+
+def write_window_losses(
+    root: Path, run_id: str, heldout_seed: int, window_bytes: Sequence[int], nats: Sequence[float]
+) -> tuple[str, str]:
+    """The per-window nats the host summed, beside the manifest (which records their sha256):
+    scoring pairs them with other models measured on the same windows."""
+    payload = {
+        "run_id": run_id,
+        "heldout_seed": heldout_seed,
+        "window_bytes": [int(b) for b in window_bytes],
+        "nats": [float(x) for x in nats],
+    }
+    data = json.dumps(payload, sort_keys=True).encode()
+    (root / WINDOW_LOSSES_FILE).write_bytes(data)
+    return WINDOW_LOSSES_FILE, hashlib.sha256(data).hexdigest()

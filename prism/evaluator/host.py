@@ -34,6 +34,7 @@ from prism.evaluator.artifacts import (
     make_read_only,
     make_writable,
     write_json,
+    write_window_losses,
 )  # fmt: skip
 from prism.evaluator.budgets import check_budgets, inspect_weights
 from prism.evaluator.calibration import Calibration, calibrate
@@ -230,7 +231,7 @@ def _heldout(ev: RunEvidence, submission_dir: Path) -> Failure | None:
         isolation=ev.isolation,
         extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
     )
-    ev.heldout = result.outcome
+    ev.heldout, ev.window_bytes = result.outcome, window_bytes
     session = result.session
     if result.failure is None and ev.inventory is not None and session.canonical_graph and session.run_graph:
         mismatch = check_identity(session.canonical_graph, session.run_graph, ev.inventory)
@@ -289,6 +290,10 @@ def _write_artifacts(ev: RunEvidence) -> None:
     report = ev.training.report if ev.training else None
     if report is not None and report.checkpoint is not None and ev.failure is None:
         artifacts.checkpoint = f"{SANDBOX_OUT}/{CHECKPOINT_DIRNAME}/{report.checkpoint.path}"
+    if ev.failure is None and session is not None and session.window_nats is not None:
+        artifacts.window_losses, artifacts.window_losses_sha256 = write_window_losses(
+            root, ev.plan.run_id, ev.plan.heldout_seed, ev.window_bytes, session.window_nats
+        )
     artifacts.plot, artifacts.plot_png = draw_loss_curves(
         root, probes=probes, heldout=metrics.loss_vs_tokens, title=ev.plan.run_id
     )

@@ -80,6 +80,7 @@ class RunEvidence:
     artifacts: Artifacts = field(default_factory=Artifacts)
     timings: dict[str, float] = field(default_factory=dict)
     gpu_names: tuple[str, ...] = ()  # from the host's driver, not from the sandbox
+    window_bytes: Any = None  # np.ndarray (N,): the UTF-8 bytes of each held-out window
 
 
 def _finite(value: Any) -> float | None:

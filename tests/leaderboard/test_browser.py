@@ -80,7 +80,8 @@ def test_leaderboard_page_of_a_localnet_validator(
             row["data"]["owner"] == family["owner_hotkey"] and cells[2] == family["owner_hotkey"][:12] + "…"
         )
         assert cells[4] == f"{family['heldout_bpb']:.4f}" and cells[7] == f"{family['probe_bpb']:.4f}"
-        assert cells[5] == "-"  # no paired standard error recorded by this validator
+        lead, se = family["lead_difference_bpb"], family["lead_stderr_bpb"]  # the stored lead contest
+        assert cells[5] == ("-" if lead is None else f"{lead:+.4f}" + ("" if se is None else f" ± {se:.4f}"))
         assert ("lead" in cells[1]) == bool(family["leader"]) and cells[-1] == "zip"
     variants = _rows(browser, "variants")
     best = [v for v in stored["variants"] if v["best"]]

@@ -32,7 +32,7 @@ def store(tmp_path: Path):
 def test_open_creates_wal_database_at_current_schema(tmp_path: Path) -> None:
     with Store.open(tmp_path / "state") as store:
         assert (tmp_path / "state" / DB_FILENAME).exists()
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.integrity_ok()
     conn = sqlite3.connect(tmp_path / "state" / DB_FILENAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -159,16 +159,19 @@ def test_outputs_weights_events_standings(store: Store, tmp_path: Path) -> None:
     assert len(standings["versions"]) == 2 and standings["variants"] == []
 
 
-def test_v1_database_is_migrated_to_v2_keeping_data(tmp_path: Path) -> None:
+def test_v1_database_is_migrated_keeping_data(tmp_path: Path) -> None:
     with Store.open(tmp_path / "old", migrate_to=1) as old:
         assert old.schema_version == 1
-        old.upsert_submission(hotkey="alice", zip_sha256=sha("a"), commit_block=1, kind="full")
+        old._conn.execute(  # the v1 columns only
+            "INSERT INTO submissions (hotkey, zip_sha256, commit_block, kind, created_at) VALUES (?, ?, 1, 'full', 0)",
+            ("alice", sha("a")),
+        )
         old._conn.execute(  # a v1 weight set has no profile_key column yet
             "INSERT INTO weight_sets (block, weights, created_at) VALUES (5, ?, 0)", (json.dumps({"3": 1.0}),)
         )
         assert "profile_key" not in {r[1] for r in old._conn.execute("PRAGMA table_info(weight_sets)")}
     with Store.open(tmp_path / "old") as new:
-        assert new.schema_version == 2
+        assert new.schema_version == SCHEMA_VERSION
         assert new.last_weights() == (5, {3: 1.0})
         assert new.weight_set(5)["profile_key"] == ""
         assert len(new.submissions()) == 1
