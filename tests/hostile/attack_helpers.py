@@ -343,6 +343,8 @@ class Twin:
 
     bpb: float
     other_seed_bpb: float
+    #: What the host's calibration expects a run of this profile to cost (``compute.expected_s``).
+    expected_compute_s: float | None = None
 
     @property
     def noise(self) -> float:

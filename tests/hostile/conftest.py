@@ -215,7 +215,8 @@ def measure_twin(attack_run: Callable[..., HostileRun], body: str, **kwargs: obj
         assert run.manifest.status.state == "succeeded", run.log[-3000:]
     first, second = (run.manifest.metrics.heldout_bpb for run in runs)
     assert first is not None and second is not None
-    return Twin(bpb=first, other_seed_bpb=second)
+    compute = runs[0].manifest.compute
+    return Twin(bpb=first, other_seed_bpb=second, expected_compute_s=compute.expected_s if compute else None)
 
 
 @pytest.fixture(scope="session")
