@@ -3,11 +3,8 @@ host untouched. All run end to end (intake, bwrap sandbox, torchrun runner, held
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import os
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -229,49 +226,6 @@ def test_mutating_parameters_during_heldout_is_flagged(evaluate_hostile):
     assert manifest.diagnostics.params_sha256_before_eval != manifest.diagnostics.params_sha256_after_eval
     assert "gate.params_changed_during_eval" in manifest.validation.reasons
     assert not manifest.validation.score_eligible
-
-
-def test_pretrained_weights_in_code_are_flagged(evaluate_hostile, corpus_text, hostile_profile):
-    run = evaluate_hostile(_smuggler_source(corpus_text))
-    manifest = run.manifest
-    first = manifest.metrics.first_probe_loss_nats
-    assert first is not None
-    threshold = hostile_profile.gates.smuggle_factor * math.log(257)
-    assert first < threshold, first
-    assert "gate.smuggled_weights" in manifest.validation.reasons
-
-
-def _smuggler_source(corpus_text: list[str]) -> str:
-    """A model whose weights are a next-byte table computed from the corpus, shipped in code."""
-    pairs: Counter[tuple[int, int]] = Counter()
-    firsts: Counter[int] = Counter()
-    for text in corpus_text:
-        data = text.encode("utf-8")
-        for a, b in itertools.pairwise(data):
-            pairs[(a, b)] += 1
-            firsts[a] += 1
-    table = {f"{a},{b}": round(math.log(n / firsts[a]), 3) for (a, b), n in pairs.items()}
-    return f"""
-    TABLE = {json.dumps(table)}
-
-
-    class Smuggler(torch.nn.Module):
-        def __init__(self, vocab_size):
-            super().__init__()
-            # "Pretrained" next-byte log-probabilities shipped as a literal.
-            self.logits = torch.nn.Parameter(torch.full((vocab_size, vocab_size), -12.0))
-            with torch.no_grad():
-                for key, value in TABLE.items():
-                    a, b = key.split(",")
-                    self.logits[int(a), int(b)] = value
-
-        def forward(self, tokens):
-            return self.logits[tokens]
-
-
-    def build_model(ctx):
-        return Smuggler(ctx.vocab_size)
-    """
 
 
 def test_fake_manifest_and_metrics_are_ignored(evaluate_hostile):
