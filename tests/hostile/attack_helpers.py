@@ -345,6 +345,8 @@ class Twin:
     other_seed_bpb: float
     #: What the host's calibration expects a run of this profile to cost (``compute.expected_s``).
     expected_compute_s: float | None = None
+    #: The family the host recorded for the honest model.
+    family_id: str | None = None
 
     @property
     def noise(self) -> float:

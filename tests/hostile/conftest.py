@@ -216,7 +216,12 @@ def measure_twin(attack_run: Callable[..., HostileRun], body: str, **kwargs: obj
     first, second = (run.manifest.metrics.heldout_bpb for run in runs)
     assert first is not None and second is not None
     compute = runs[0].manifest.compute
-    return Twin(bpb=first, other_seed_bpb=second, expected_compute_s=compute.expected_s if compute else None)
+    return Twin(
+        bpb=first,
+        other_seed_bpb=second,
+        expected_compute_s=compute.expected_s if compute else None,
+        family_id=runs[0].manifest.submission.family_id,
+    )
 
 
 @pytest.fixture(scope="session")
