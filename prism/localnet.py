@@ -10,7 +10,6 @@ process it started is stopped on exit, on error and on Ctrl-C (unless ``--keep-r
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prism.errors import InfrastructureFault, OperatorError
+from prism.validator.status import ValidatorStatus, read_status
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ class LocalnetConfig(BaseModel):
     timeout_s: float = Field(default=840.0, gt=0, description="give up waiting for the validator after this")
     keep_running: bool = False
     fresh: bool = Field(default=True, description="wipe chain and validator state from a previous run")
+    workers: int = Field(
+        default=1, ge=1, description="runs the validator evaluates at once (--evaluation.workers)"
+    )
     miners: tuple[MinerSpec, ...] = Field(default_factory=default_miners)
 
 
@@ -221,39 +224,33 @@ def start_validator(config: LocalnetConfig, chain_path: Path, data_dir: Path) ->
         "--data", str(data_dir),
         "--scoring.waive", "profile.not_official",
         "--loop_interval", "2",
+        "--evaluation.workers", str(config.workers),
         "--wandb.off",
     ]  # fmt: skip
     return _spawn("validator", argv, config.root / "logs")
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _finished(status: dict[str, Any] | None, expected_submissions: int) -> bool:
+def _finished(status: ValidatorStatus | None, expected_submissions: int) -> bool:
     """Every submission evaluated, nothing pending, and weights set after the last result."""
-    if not status or status.get("submissions", 0) < expected_submissions or status.get("pending_runs", 1):
+    if status is None or status.submissions < expected_submissions or status.pending_runs:
         return False
-    return bool(status.get("weights_current")) and status.get("last_weights_block") is not None
+    return status.weights_current and status.last_weights_block is not None
 
 
-def wait_for_validator(config: LocalnetConfig, neurons: list[Neuron], console: Console) -> dict[str, Any]:
+def wait_for_validator(config: LocalnetConfig, neurons: list[Neuron], console: Console) -> ValidatorStatus:
     state_dir = config.root / "validator"
     deadline = time.monotonic() + config.timeout_s
     with console.status("waiting for the validator...") as spinner:
         while time.monotonic() < deadline:
             _check_alive(neurons)
             status = read_status(state_dir)
-            if status:
+            if status is not None:
                 spinner.update(
-                    f"block {status['block']}: {status.get('submissions', 0)}/{len(config.miners)} submissions, "
-                    f"runs {status.get('runs', {})}, last weights at block {status.get('last_weights_block')}"
+                    f"block {status.block}: {status.submissions}/{len(config.miners)} submissions, runs {status.runs}, "
+                    f"{len(status.evaluation.in_flight)} in flight, last weights at block {status.last_weights_block}"
                 )
-            if _finished(status, len(config.miners)):
-                return status or {}
+            if status is not None and _finished(status, len(config.miners)):
+                return status
             time.sleep(1.0)
     raise InfrastructureFault(
         f"the validator did not finish within {config.timeout_s:.0f} s; see {config.root / 'logs'}",
@@ -341,6 +338,22 @@ def report(
     }
 
 
+def _evaluation_summary(status: ValidatorStatus, config: LocalnetConfig, console: Console) -> dict[str, Any]:
+    """How the validator spent its time: runs, their mean length, concurrency, first weights."""
+    ev = status.evaluation
+    mean = f"{ev.mean_run_s:.0f} s" if ev.mean_run_s is not None else "-"
+    first = f"{status.seconds_to_first_weights:.0f} s" if status.seconds_to_first_weights is not None else "-"
+    console.print(
+        f"evaluation: {ev.finished_runs} runs on {ev.slots} {ev.backend} slot(s), mean {mean} each, "
+        f"at most {ev.max_concurrent} at once; first weights {first} after start; runs {status.runs}"
+    )
+    console.print(f"browse the leaderboard: prism serve --db {config.root / 'validator'}")
+    return ev.model_dump(mode="json") | {
+        "seconds_to_first_weights": status.seconds_to_first_weights,
+        "runs": status.runs,
+    }
+
+
 def run_localnet(config: LocalnetConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole demo; returns what it printed as data (for tests and --json)."""
     from prism.data import ensure_offline_corpus
@@ -362,8 +375,10 @@ def run_localnet(config: LocalnetConfig, console: Console | None = None) -> dict
     try:
         start_miners(config, chain_path, wallets, neurons)
         neurons.append(start_validator(config, chain_path, data_dir))
-        wait_for_validator(config, neurons, console)
-        summary = report(config, chain_path, wallets, console)
+        status = wait_for_validator(config, neurons, console)
+        summary = report(config, chain_path, wallets, console) | {
+            "evaluation": _evaluation_summary(status, config, console)
+        }
         if config.keep_running:
             console.print("all neurons keep running; press Ctrl-C to stop them")
             while True:

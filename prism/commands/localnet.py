@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--keep-state", action="store_true", help="reuse chain and validator state of a previous run"
     )
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs the validator evaluates at once (CPU: the cores are split between them)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
     parser.set_defaults(func=_run)
 
@@ -45,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         keep_running=args.keep_running,
         fresh=not args.keep_state,
+        workers=args.workers,
     )
     summary = run_localnet(config)
     if args.json:

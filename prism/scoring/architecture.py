@@ -100,6 +100,8 @@ def compare_architectures(
         )
         if isinstance(estimate, list):
             return pending(contest, estimate)
+        if estimate.forfeit is not None:
+            return decided(contest, estimate, margin, estimate.forfeit == "incumbent")
     else:
         estimate = unpaired_estimate(incumbent.reference.heldout_values, challenger.reference.heldout_values)
     if challenger.stack("reference") != incumbent.stack("reference"):

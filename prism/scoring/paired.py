@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,12 +38,17 @@ class ModelEval(_Frozen):
     zip_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     recipe_mode: RecipeMode
     run_id: str
-    nats: tuple[float, ...] = Field(min_length=1, description="summed nats of each window, in window order")
+    nats: tuple[float, ...] = Field(default=(), description="summed nats of each window, in window order")
+    failure_code: str | None = Field(
+        default=None, description="the re-measurement failed, blamed on the model (it then has no nats)"
+    )
 
     @model_validator(mode="after")
     def _finite(self) -> ModelEval:
         if not all(math.isfinite(x) and x >= 0.0 for x in self.nats):
             raise ValueError("window nats must be finite and non-negative")
+        if (self.failure_code is None) != bool(self.nats):
+            raise ValueError("a model eval has window nats, or a failure code and none")
         return self
 
     @property
@@ -65,7 +70,7 @@ class PairedCell(_Frozen):
     def _consistent(self) -> PairedCell:
         if any(b <= 0 for b in self.window_bytes):
             raise ValueError("every window covers at least one byte")
-        if any(len(e.nats) != len(self.window_bytes) for e in self.evals):
+        if any(len(e.nats) != len(self.window_bytes) for e in self.evals if e.failure_code is None):
             raise ValueError("every model needs one loss per window")
         if len({e.key for e in self.evals}) != len(self.evals):
             raise ValueError("a model is evaluated at most once per cell")
@@ -103,12 +108,18 @@ class RunSet(NamedTuple):
 
 
 class Estimate(_Frozen):
-    """A contrast over the required cells: mean, standard errors and the per-cell values."""
+    """A contrast over the required cells: mean, standard errors and the per-cell values.
+
+    ``forfeit``: a model of the contrast could not be measured on the windows through its own
+    fault; ``incumbent`` when the failed models are all on the incumbent's side (positive
+    coefficients), ``challenger`` otherwise. The contest is then decided by the forfeit alone.
+    """
 
     difference_bpb: float
     stderr_bpb: float
     window_stderr_bpb: float | None = None
     cells: tuple[float, ...]
+    forfeit: Literal["incumbent", "challenger"] | None = None
 
 
 class _WindowsCell(NamedTuple):
@@ -191,6 +202,18 @@ def stratified_stderr(values: Sequence[float], regimes: Sequence[str]) -> float:
     return math.sqrt(math.fsum(terms)) / len(by_regime)
 
 
+def _forfeit(
+    cell: _WindowsCell | None, keys: Mapping[tuple[str, str, str], float]
+) -> Literal["incumbent", "challenger"] | None:
+    """Which side forfeits this cell: the side of the models whose re-measurement failed."""
+    if cell is None:
+        return None
+    failed = [coef for key, coef in keys.items() if key in cell.evals and cell.evals[key].failure_code]
+    if not failed:
+        return None
+    return "incumbent" if all(coef > 0 for coef in failed) else "challenger"
+
+
 def paired_estimate(
     index: WindowIndex,
     challenger: RunSet,
@@ -208,6 +231,9 @@ def paired_estimate(
         run_id = challenger.run_ids[i]
         cell = index.cell(challenger.recipe_mode, regime, seed, run_id)
         keys = {(runs.zip_sha256, runs.recipe_mode, runs.run_ids[i]): coef for runs, coef in coefs.items()}
+        forfeit = _forfeit(cell, keys)
+        if forfeit is not None:
+            return Estimate(difference_bpb=0.0, stderr_bpb=0.0, cells=(), forfeit=forfeit)
         absent = sorted(k for k in keys if cell is None or k not in cell.evals)
         missing += [
             EvalRequest(

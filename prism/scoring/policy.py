@@ -110,7 +110,9 @@ class ScoringPolicy(CompetitionRules):
 RULES_V1 = CompetitionRules(version=1)
 
 #: Version 2 (issue 10, "pay progress"): in-family improvers share the reward, every contest is
-#: paired on the challenger's windows with a z * stderr floor, recipes are deduplicated globally.
+#: paired on the challenger's windows with a z * stderr floor, recipes are deduplicated globally,
+#: near-duplicate families merge, runs of other software stacks need 0.001 bpb more, and a first
+#: cell more than max(0.05, 2 %) behind the leader's ends a submission's evaluation (screening).
 RULES_V2 = CompetitionRules(
     version=2,
     owner_share=0.5,
@@ -118,6 +120,9 @@ RULES_V2 = CompetitionRules(
     architecture_z=2.0,
     training_dedup="global",
     near_duplicates=True,
+    stack_tolerance_bpb=0.001,
+    screening_margin_bpb=0.05,
+    screening_margin_rel=0.02,
 )
 RULES_V2_ACTIVATION_BLOCK = 1
 

@@ -107,6 +107,8 @@ class Variant:
         if isinstance(estimate, list):
             self.pending = True
             return pending(contest, estimate)
+        if estimate.forfeit is not None:
+            return decided(contest, estimate, self.margin, estimate.forfeit == "incumbent")
         base_bpb, mine_bpb = self._paired([(base, 1.0)]), self._paired([(mine, 1.0)])
         assert isinstance(base_bpb, Estimate) and isinstance(mine_bpb, Estimate)
         self.baseline_bpb, self.variant_bpb = base_bpb.difference_bpb, mine_bpb.difference_bpb
@@ -124,6 +126,8 @@ class Variant:
             ])  # fmt: skip
             if isinstance(estimate, list):
                 return pending(contest, estimate)
+            if estimate.forfeit is not None:
+                return decided(contest, estimate, 0.0, estimate.forfeit == "incumbent")
         else:
             deltas = [mine - theirs for mine, theirs in zip(self.gains, best.gains, strict=True)]
             mean, stderr = paired_mean_and_stderr(deltas)

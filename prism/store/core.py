@@ -182,11 +182,25 @@ class Store(RunQueue, ScoringInputs, PairedEvals, ScoringOutputs):
                 (block_hash, zip_sha256),
             )
 
+    def beacon_of(self, zip_sha256: str) -> tuple[int, str]:
+        """(beacon block, its hash) of an admitted submission whose beacon is known."""
+        from prism.beacon import beacon_block
+
+        row = self._conn.execute(
+            """SELECT MIN(commit_block) AS block, MAX(beacon_hash) AS hash FROM submissions
+               WHERE zip_sha256 = ? AND intake_ok = 1""",
+            (zip_sha256,),
+        ).fetchone()
+        if row is None or row["hash"] is None:
+            raise InfrastructureFault(f"no beacon known for {zip_sha256[:12]}", code="store.no_beacon")
+        return beacon_block(int(row["block"])), str(row["hash"])
+
     def awaiting_beacon(self) -> list[tuple[str, int]]:
-        """(zip, earliest commit block) of admitted submissions whose beacon hash is not known yet."""
+        """(zip, earliest commit block) of admitted ZIPs with a row whose beacon hash is not known yet.
+        The earliest commitment of the bytes fixes the beacon, for every hotkey that committed them."""
         rows = self._conn.execute(
-            """SELECT zip_sha256, MIN(commit_block) AS block FROM submissions
-               WHERE intake_ok = 1 AND beacon_hash IS NULL GROUP BY zip_sha256 ORDER BY block, zip_sha256"""
+            """SELECT zip_sha256, MIN(commit_block) AS block FROM submissions WHERE intake_ok = 1
+               GROUP BY zip_sha256 HAVING SUM(beacon_hash IS NULL) > 0 ORDER BY block, zip_sha256"""
         )
         return [(row["zip_sha256"], int(row["block"])) for row in rows]
 

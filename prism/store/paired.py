@@ -1,9 +1,9 @@
 """Paired held-out evaluations: another run's weights measured on a challenger run's windows.
 
 One row per (challenger run, model run), written once: a re-measurement gives the same numbers
-(the evaluation is deterministic), so a second write is ignored. A failed one is kept too, so
-the validator does not retry it every step; ``forget_failed_paired`` clears those after an
-infrastructure failure was repaired.
+(the evaluation is deterministic), so a second write is ignored. ``failed`` rows are failures
+blamed on the model (it forfeits the contest); failures on our side are not recorded, so the
+validator asks again.
 """
 
 from __future__ import annotations

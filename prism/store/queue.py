@@ -196,10 +196,40 @@ class RunQueue(StoreBase):
         """The first cell was screened out: the held runs are never run."""
         return self._move_held(zip_sha256, "screened")
 
+    def unscreen(self, zip_sha256: str) -> int:
+        """Scores changed (an earlier submission's results came in) and the submission is no
+        longer screened out: its screened runs are queued after all."""
+        return self._move(zip_sha256, "screened", "queued")
+
+    def screened_submissions(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT DISTINCT zip_sha256 FROM runs WHERE state = 'screened' ORDER BY zip_sha256"
+        )
+        return [row["zip_sha256"] for row in rows]
+
+    def run_stage(self, key: RunKey) -> int:
+        return int(self._run_row(self._conn, key)["stage"])
+
+    def manifest_of_run(self, run_id: str) -> Path | None:
+        """The manifest of the finished run ``run_id`` (runs live in ``<runs>/<run_id>/``)."""
+        rows = self._conn.execute(
+            "SELECT manifest_path FROM runs WHERE state = 'done' AND manifest_path LIKE ? ORDER BY id",
+            (f"%/{run_id}/%",),  # LIKE narrows; the exact directory name decides
+        )
+        paths = [Path(row["manifest_path"]) for row in rows]
+        return next((p for p in paths if p.parent.name == run_id), None)
+
+    def run_key_of(self, manifest_path: Path) -> RunKey | None:
+        row = self._conn.execute("SELECT * FROM runs WHERE manifest_path = ?", (str(manifest_path),)).fetchone()
+        return row_key(row) if row is not None else None
+
     def _move_held(self, zip_sha256: str, state: str) -> int:
+        return self._move(zip_sha256, "held", state)
+
+    def _move(self, zip_sha256: str, source: str, target: str) -> int:
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET state = ?, updated_at = ? WHERE zip_sha256 = ? AND state = 'held'",
-                (state, self._clock(), zip_sha256),
+                "UPDATE runs SET state = ?, updated_at = ? WHERE zip_sha256 = ? AND state = ?",
+                (target, self._clock(), zip_sha256, source),
             )
         return cursor.rowcount

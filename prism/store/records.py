@@ -98,7 +98,7 @@ class ScoringInputs(StoreBase):
     ) -> tuple[PairedMeasurement, ...]:
         """Per recipe mode: each run's own window losses plus every model measured on its windows."""
         rows = self._conn.execute(
-            "SELECT * FROM paired_evals WHERE challenger_zip = ? AND profile_key = ? AND state = 'done' ORDER BY id",
+            "SELECT * FROM paired_evals WHERE challenger_zip = ? AND profile_key = ? ORDER BY id",
             (zip_sha256, profile_key),
         ).fetchall()
         by_run: dict[str, list[Any]] = {}
@@ -125,17 +125,19 @@ class ScoringInputs(StoreBase):
         evals = [ModelEval(zip_sha256=zip_sha256, recipe_mode=manifest.recipe_mode, run_id=manifest.run_id,
                            nats=own.nats)]  # fmt: skip
         for row in rows:
-            nats = tuple(float(x) for x in json.loads(row["nats"]))
-            if (
-                tuple(json.loads(row["window_bytes"])) != own.window_bytes
-                or row["model_run_id"] == own.run_id
-            ):
+            if row["model_run_id"] == own.run_id:
+                continue
+            if row["state"] == "failed":  # the model's own fault: it forfeits (prism.scoring.paired)
+                evals.append(ModelEval(zip_sha256=row["model_zip"], recipe_mode=row["model_mode"],
+                                       run_id=row["model_run_id"], failure_code=row["failure_code"]))  # fmt: skip
+                continue
+            if tuple(json.loads(row["window_bytes"])) != own.window_bytes:
                 logger.warning(
                     "paired eval %s on %s has other windows, skipped", row["model_run_id"], own.run_id
                 )
                 continue
             evals.append(ModelEval(zip_sha256=row["model_zip"], recipe_mode=row["model_mode"],
-                                   run_id=row["model_run_id"], nats=nats))  # fmt: skip
+                                   run_id=row["model_run_id"], nats=tuple(float(x) for x in json.loads(row["nats"]))))  # fmt: skip
         return PairedCell(regime=manifest.regime.name, seed=manifest.cell_seed, run_id=manifest.run_id,
                           window_bytes=own.window_bytes, evals=tuple(evals))  # fmt: skip
 

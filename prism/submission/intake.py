@@ -69,6 +69,15 @@ class Submission:
     budget: BudgetUsage | None = None
 
     @property
+    def recipe_fingerprint(self) -> str | None:
+        """The training files' normalised fingerprint (``prism.submission.recipe_fingerprint``)."""
+        from prism.submission.recipe_fingerprint import recipe_fingerprint
+
+        if self.training_entrypoint is None:
+            return None
+        return recipe_fingerprint(self.files, self.training_fingerprint_files or self.training_files)
+
+    @property
     def python_paths(self) -> tuple[str, ...]:
         """Folders (relative; ``.`` is the root) the evaluator puts on ``sys.path``, first match
         first: the architecture entrypoint's folder, the training entrypoint's, the root. Sibling

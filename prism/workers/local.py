@@ -99,6 +99,7 @@ class LocalPool:
             return TaskOutcome(
                 key=running.task.key, state="infra_fault", code="worker.crashed",
                 message=f"the evaluation worker exited with {code} and no outcome", seconds=time.monotonic() - running.started,
+                paired=running.task.paired,
             )  # fmt: skip
 
     def shutdown(self) -> list[RunKey]:

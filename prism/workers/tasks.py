@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prism.errors import PrismError
 from prism.manifest import MANIFEST_FILENAME
+from prism.scoring.paired import EvalRequest
 from prism.store import RunKey
 from prism.workers.slots import DeviceSlot
 
@@ -32,7 +33,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PairedJob(_Strict):
+    """Re-measure a finished run's weights on a challenger run's windows (scoring's request)."""
+
+    request: EvalRequest
+    profile_key: str
+    model_zip_path: Path
+    model_manifest_path: Path
+    challenger_manifest_path: Path
+
+
 class EvaluationTask(_Strict):
+    """One run to train and measure, or (``paired`` set) one paired re-measurement; ``key`` is
+    then the challenger's run."""
+
     key: RunKey
     zip_path: Path
     profile: str = Field(description="a profile name or a profile .yaml path")
@@ -43,11 +57,15 @@ class EvaluationTask(_Strict):
     heldout_seed: int | None = None
     beacon: tuple[int, str] | None = None
     slots: tuple[DeviceSlot, ...] = ()
+    paired: PairedJob | None = None
 
     @property
     def label(self) -> str:
         k = self.key
-        return f"{k.zip_sha256[:12]} {k.regime}/{k.seed} {k.recipe_mode}"
+        label = f"{k.zip_sha256[:12]} {k.regime}/{k.seed} {k.recipe_mode}"
+        if self.paired is not None:
+            label = f"paired: {self.paired.request.model_zip_sha256[:12]} on the windows of {label}"
+        return label
 
 
 class TaskOutcome(_Strict):
@@ -63,6 +81,9 @@ class TaskOutcome(_Strict):
     message: str | None = None
     seconds: float = 0.0
     worker: str | None = Field(default=None, description="where it ran (a pid, or a Ray node)")
+    paired: PairedJob | None = Field(default=None, description="set for a paired re-measurement")
+    window_bytes: tuple[int, ...] = ()
+    nats: tuple[float, ...] = ()
 
 
 def _outcome_from_manifest(task: EvaluationTask, run_id: str, started: float) -> TaskOutcome:
@@ -93,8 +114,29 @@ def _outcome_from_manifest(task: EvaluationTask, run_id: str, started: float) ->
     )
 
 
+def _run_paired(task: EvaluationTask, job: PairedJob, started: float) -> TaskOutcome:
+    from prism.evaluator.remeasure import remeasure
+    from prism.manifest import read_manifest
+    from prism.profiles import load_profile
+
+    model = read_manifest(job.model_manifest_path)
+    result = remeasure(
+        model_zip=job.model_zip_path, model_manifest=model, model_run_dir=job.model_manifest_path.parent,
+        challenger=read_manifest(job.challenger_manifest_path), profile=load_profile(task.profile),
+        data_dir=task.data_dir, log_dir=task.runs_dir / "paired" / f"{job.request.run_id}--{model.run_id}",
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    if result.failure is not None:
+        state: OutcomeState = "miner_fault" if result.failure.fault == "miner" else "infra_fault"
+        return TaskOutcome(key=task.key, state=state, code=result.failure.code, message=result.failure.message,
+                           seconds=seconds, paired=job)  # fmt: skip
+    return TaskOutcome(key=task.key, state="finished", seconds=seconds, paired=job,
+                       window_bytes=result.window_bytes, nats=result.nats)  # fmt: skip
+
+
 def run_task(task: EvaluationTask) -> TaskOutcome:
-    """Evaluate the task's one cell. Miner faults and our failures are outcomes, not exceptions."""
+    """Evaluate the task's one cell (or its paired re-measurement). Miner faults and our failures
+    are outcomes, not exceptions."""
     from prism.evaluator.host import evaluate
     from prism.profiles import load_profile
     from prism.submission import SubmissionError
@@ -102,6 +144,8 @@ def run_task(task: EvaluationTask) -> TaskOutcome:
     started = time.monotonic()
     key = task.key
     try:
+        if task.paired is not None:
+            return _run_paired(task, task.paired, started)
         manifests = evaluate(
             task.zip_path, profile=load_profile(task.profile), data_dir=task.data_dir, out_dir=task.runs_dir,
             recipe_mode=key.recipe_mode, regimes=[key.regime], seeds=[key.seed], heldout_seed=task.heldout_seed,
@@ -125,7 +169,8 @@ def run_task(task: EvaluationTask) -> TaskOutcome:
             code=code,
             message=str(exc)[:2000],
             seconds=time.monotonic() - started,
+            paired=task.paired,
         )
 
 
-__all__ = ["EvaluationTask", "OutcomeState", "TaskOutcome", "run_task"]
+__all__ = ["EvaluationTask", "OutcomeState", "PairedJob", "TaskOutcome", "run_task"]

@@ -11,7 +11,7 @@ HOST_MODULES = [
     "prism.evaluator.host", "prism.evaluator.plan", "prism.evaluator.recipe", "prism.evaluator.feed",
     "prism.evaluator.train_phase", "prism.evaluator.budgets", "prism.evaluator.calibration",
     "prism.evaluator.heldout_phase", "prism.evaluator.heldout_host", "prism.evaluator.replay",
-    "prism.evaluator.spots", "prism.evaluator.verdicts", "prism.evaluator.identity_check",
+    "prism.evaluator.spots", "prism.evaluator.verdicts", "prism.evaluator.remeasure", "prism.evaluator.identity_check",
     "prism.evaluator.manifest_build", "prism.evaluator.artifacts", "prism.evaluator.devices",
     "prism.evaluator.sandbox", "prism.commands.eval", "prism.commands.eval_report", "prism.beacon",
 ]  # fmt: skip

@@ -527,6 +527,9 @@ def test_rules_schedule_is_ascending_and_version_1_never_changes() -> None:
         "architecture_z",
         "training_dedup",
         "near_duplicates",
+        "stack_tolerance_bpb",
+        "screening_margin_bpb",
+        "screening_margin_rel",
     }
 
 

@@ -362,3 +362,35 @@ def test_under_v2_a_failed_variant_does_not_claim_its_recipe() -> None:
 
 def by_zip(result, label: str) -> tuple[str, ...]:
     return next(s.reasons for s in result.leaderboard.submissions if s.zip_sha256 == sha(label))
+
+
+def _with_failed_model(measurement: PairedMeasurement, zip_sha256: str) -> PairedMeasurement:
+    """The same measurement, except that ``zip_sha256``'s re-measurement failed in the first cell."""
+    first, *rest = measurement.cells
+    evals = tuple(
+        ModelEval(zip_sha256=e.zip_sha256, recipe_mode=e.recipe_mode, run_id=e.run_id, failure_code="eval.crashed")
+        if e.zip_sha256 == zip_sha256 else e
+        for e in first.evals
+    )  # fmt: skip
+    return measurement.model_copy(update={"cells": (first.model_copy(update={"evals": evals}), *rest)})
+
+
+def test_an_incumbent_whose_weights_fail_on_the_challengers_windows_forfeits() -> None:
+    # a time bomb: alice's model measured fine once and now crashes; bob's own numbers are worse,
+    # yet alice cannot hold the family by refusing to be measured again
+    worse = shifted(BASE, 0.01)
+    (measurement,) = vs("b", worse, "a", BASE)
+    records = [
+        arch("a", "alice", 10, BASE, "A", "A1"),
+        arch("b", "bob", 11, worse, "A", "A2", paired=(_with_failed_model(measurement, sha("a")),)),
+    ]
+    result = compute_weights(records, make_policy(), UIDS, 20)
+    (comparison,) = result.leaderboard.comparisons
+    assert comparison.state == "decided" and comparison.challenger_wins
+    assert result.leaderboard.families[0].canonical_hotkey == "bob"
+    assert result.eval_requests == ()
+    # the same failure on the challenger's side of a contrast loses it for the challenger
+    records[1] = arch("b", "bob", 11, shifted(BASE, -0.05), "A", "A2",
+                      paired=(_with_failed_model(vs("b", shifted(BASE, -0.05), "a", BASE)[0], sha("b")),))  # fmt: skip
+    (comparison,) = compute_weights(records, make_policy(), UIDS, 20).leaderboard.comparisons
+    assert comparison.state == "decided" and not comparison.challenger_wins

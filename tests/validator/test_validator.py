@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,28 +20,31 @@ import pytest
 
 from prism.chain.local import LocalChain, SubnetParams
 from prism.chain.wallets import create_wallet, hotkey_ss58
-from prism.errors import InfrastructureFault
 from prism.net.dendrite import FetchResult, FetchStatus
 from prism.profiles import load_profile
+from prism.scoring import policy_for_profile
 from prism.store import RunKey, Store
-from prism.submission import SubmissionError, load_submission
+from prism.submission import load_submission
 from prism.validator import (
     INFRA_BACKOFF_S,
     Candidate,
     EvaluationSettings,
     LoopState,
-    _back_off_after_infrastructure_failures,
     admit,
+    back_off_after_infrastructure_failures,
     build_arg_parser,
     config_from_args,
-    evaluate_next,
+    dispatch,
     intake,
     planned_runs,
+    record_outcome,
     score,
     set_weights,
     sync,
     weights_due,
 )
+from prism.validator.evaluation import release_in_flight
+from prism.workers.tasks import TaskOutcome
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_PROFILE = Path(__file__).with_name("tiny_profile.yaml")
@@ -83,7 +85,7 @@ def test_intake_records_miner_faults_and_backs_off_unreachable(tmp_path: Path) -
     ]  # fmt: skip
     state = LoopState()
     with Store.open(tmp_path / "v.sqlite3") as store:
-        counts = intake(results, candidates, store, profile, state, block=20)
+        counts = intake(results, candidates, store, profile, policy_for_profile(profile), state, block=20)
         rows = {row["hotkey"]: row for row in store.submissions()}
         assert counts == {"fetched": 1, "rejected": 0, "unreachable": 1, "miner_fault": 1, "queued_runs": 1}
         assert rows["hk-mismatch"]["intake_ok"] == 0
@@ -99,54 +101,64 @@ def _store_with_one_run(tmp_path: Path) -> tuple[Store, RunKey, EvaluationSettin
     profile = load_profile(str(TINY_PROFILE))
     good = load_submission(REPO / "examples" / "tiny")
     store = Store.open(tmp_path / "v.sqlite3")
-    admit(
-        store, Candidate(hotkey="hk", uid=1, sha256=good.zip_sha256, commit_block=3), good.zip_bytes, profile
-    )
+    admit(store, Candidate(hotkey="hk", uid=1, sha256=good.zip_sha256, commit_block=3), good.zip_bytes, profile,
+          policy_for_profile(profile))  # fmt: skip
     (key,) = [run.key for run in store.runs()]
-    settings = EvaluationSettings(profile=profile, data_dir=tmp_path, runs_dir=tmp_path / "runs",
-                                  heldout_seed=None, max_attempts=2)  # fmt: skip
+    settings = EvaluationSettings(profile=str(TINY_PROFILE), data_dir=tmp_path, data_fingerprint=None,
+                                  runs_dir=tmp_path / "runs", calibration_dir=tmp_path / "calibration",
+                                  heldout_seed=None, max_attempts=2, require_beacon=False)  # fmt: skip
     return store, key, settings
 
 
-def _raising(exc: BaseException):
-    def evaluate(*_args, **_kwargs):
-        raise exc
-
-    return evaluate
+def _failed(key: RunKey, state: str, code: str) -> TaskOutcome:
+    return TaskOutcome(key=key, state=state, code=code, message="x")  # type: ignore[arg-type]
 
 
 def test_our_failures_are_retried_then_failed_never_blamed_on_the_miner(tmp_path: Path) -> None:
     store, key, settings = _store_with_one_run(tmp_path)
-    flag = threading.Event()
+    state = LoopState()
     with store:
-        first = evaluate_next(store, settings, _raising(OSError("disk full")), flag)
-        assert first["infra"] and first["state"] == "queued" and first["code"] == "validator.evaluate_crashed"
-        second = evaluate_next(
-            store, settings, _raising(InfrastructureFault("gpu lost", code="infra.gpu")), flag
-        )
-        assert second == {"run": key.regime, "state": "failed", "code": "infra.gpu", "infra": True}
+        assert store.claim_next_run() == key
+        first = record_outcome(store, _failed(key, "infra_fault", "worker.crashed"), settings, state)
+        assert first["infra"] and first["state"] == "queued" and first["code"] == "worker.crashed"
+        assert state.infra_streak == 1 and state.evaluation_paused_until > time.monotonic()
+        assert store.claim_next_run() == key
+        second = record_outcome(store, _failed(key, "infra_fault", "infra.gpu"), settings, state)
+        assert (second["state"], second["infra"]) == ("failed", True)
         (row,) = store.runs()
         assert (row.state, row.failure_fault, row.attempts) == ("failed", "infrastructure", 2)
-        assert not flag.is_set()
+        assert state.last_result_step == 0  # our failures are not results
 
 
-def test_a_submission_error_is_the_miners_fault_and_not_retried(tmp_path: Path) -> None:
-    store, _key, settings = _store_with_one_run(tmp_path)
+def test_a_miner_fault_is_a_result_and_not_retried(tmp_path: Path) -> None:
+    store, key, settings = _store_with_one_run(tmp_path)
+    state = LoopState(step=4)
     with store:
-        out = evaluate_next(store, settings, _raising(SubmissionError("bad", code="static.forbidden_import")),
-                            threading.Event())  # fmt: skip
-        assert out["state"] == "failed" and "infra" not in out
+        store.claim_next_run()
+        out = record_outcome(store, _failed(key, "miner_fault", "static.forbidden_import"), settings, state)
+        assert out["state"] == "failed" and not out["infra"]
         (row,) = store.runs()
         assert (row.state, row.failure_fault) == ("failed", "miner")
+        assert state.last_result_step == 4 and state.infra_streak == 0
 
 
-def test_shutdown_during_an_evaluation_requeues_without_using_an_attempt(tmp_path: Path) -> None:
-    store, _key, settings = _store_with_one_run(tmp_path)
+@pytest.mark.slow
+def test_shutdown_kills_the_worker_and_requeues_without_using_an_attempt(tmp_path: Path) -> None:
+    from prism.workers import make_slots
+    from prism.workers.local import LocalPool
+
+    store, key, settings = _store_with_one_run(tmp_path)
+    pool = LocalPool(make_slots("cpu", workers=1), tmp_path / "workers")
     with store:
-        with pytest.raises(KeyboardInterrupt):
-            evaluate_next(store, settings, _raising(KeyboardInterrupt()), threading.Event())
+        assert dispatch(store, pool, settings, None, LoopState(), paused=False) == [
+            f"{key.zip_sha256[:12]} tiny/7 reference"
+        ]
+        (worker,) = [p.pid for p in (r.process for r in pool._running.values())]
+        assert release_in_flight(store, pool) == 1
         (row,) = store.runs()
         assert (row.state, row.attempts) == ("queued", 0)
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
 
 
 def test_a_run_that_kills_its_validator_every_time_stops_blocking_the_queue(tmp_path: Path) -> None:
@@ -161,12 +173,12 @@ def test_a_run_that_kills_its_validator_every_time_stops_blocking_the_queue(tmp_
 
 def test_infrastructure_failures_back_off_exponentially() -> None:
     state = LoopState()
-    _back_off_after_infrastructure_failures(state, True)
+    back_off_after_infrastructure_failures(state, True)
     first = state.evaluation_paused_until - time.monotonic()
-    _back_off_after_infrastructure_failures(state, True)
+    back_off_after_infrastructure_failures(state, True)
     second = state.evaluation_paused_until - time.monotonic()
     assert 25 < first <= INFRA_BACKOFF_S and 2 * INFRA_BACKOFF_S - 5 < second <= 2 * INFRA_BACKOFF_S
-    _back_off_after_infrastructure_failures(state, False)
+    back_off_after_infrastructure_failures(state, False)
     assert state.infra_streak == 0
 
 
@@ -190,8 +202,6 @@ def test_weights_follow_the_chains_tempo_and_rate_limit(tmp_path: Path) -> None:
 
 
 def test_a_refused_set_backs_off_a_tempo_on_the_embedded_chain(tmp_path: Path) -> None:
-    from prism.scoring import policy_for_profile
-
     chain = LocalChain.create(tmp_path / "c.sqlite3", SubnetParams(netuid=NETUID, tempo=5), block_time_s=1.0,
                               clock=lambda: 1000.0)  # fmt: skip
     wallet = create_wallet("val", "default", tmp_path / "w")
@@ -221,7 +231,7 @@ def test_a_hotkey_serving_bad_bytes_does_not_taint_the_honest_committer(tmp_path
                     code="net.hash_mismatch", fault="miner", retryable=False),
     ]  # fmt: skip
     with Store.open(tmp_path / "v.sqlite3") as store:
-        intake(results, [honest, copier], store, profile, LoopState(), block=20)
+        intake(results, [honest, copier], store, profile, policy_for_profile(profile), LoopState(), block=20)
         rows = {row["hotkey"]: row for row in store.submissions()}
         assert rows["hk-honest"]["intake_ok"] == 1
         assert rows["hk-copier"]["intake_ok"] == 0
@@ -304,7 +314,8 @@ def _finished(state_dir: Path, submissions: int) -> bool:
 
 @pytest.mark.slow
 def test_killed_validator_and_second_validator_set_identical_weights(tmp_path: Path) -> None:
-    """SIGKILL mid-evaluation + restart loses and duplicates nothing; two validators agree."""
+    """SIGKILL with two runs in flight + restart loses and duplicates nothing; a validator with two
+    workers and one with a single worker set the same weights."""
     from prism.data import ensure_offline_corpus
 
     wallets, logs = tmp_path / "wallets", tmp_path / "logs"
@@ -333,14 +344,16 @@ def test_killed_validator_and_second_validator_set_identical_weights(tmp_path: P
         argv = [sys.executable, "-m", "prism.validator", *_flags(chain_path, wallets, name),
                 "--neuron.state_dir", str(tmp_path / name), "--profile", str(TINY_PROFILE),
                 "--data", str(data_dir), "--scoring.waive", "profile.not_official",
-                "--loop_interval", "0.5", "--wandb.off"]  # fmt: skip
+                "--loop_interval", "0.5", "--wandb.off",
+                "--evaluation.workers", "2" if name == "val-a" else "1"]  # fmt: skip
         return _spawn(argv, logs / f"{name}.log")
 
     try:
         val_a, val_b = validator("val-a"), validator("val-b")
         procs += [val_a, val_b]
-        # Kill validator A while its first evaluation runs (sandboxed training in flight).
-        _wait(lambda: "running" in _run_states(tmp_path / "val-a"), 240, "val-a to start a run", procs, logs)
+        # Kill validator A while both its workers train (two sandboxed runs in flight).
+        _wait(lambda: _run_states(tmp_path / "val-a").count("running") == 2, 240, "val-a to run two at once",
+              procs, logs)  # fmt: skip
         os.killpg(val_a.pid, signal.SIGKILL)
         val_a.wait()
         procs.remove(val_a)
@@ -366,7 +379,7 @@ def test_killed_validator_and_second_validator_set_identical_weights(tmp_path: P
         hotkeys = {name: hotkey_ss58(create_wallet(name, "default", wallets)) for name in ("val-a", "val-b")}
         assert on_chain[hotkeys["val-a"]].weights == on_chain[hotkeys["val-b"]].weights
         restarted_attempts = [r.attempts for r in Store.open(tmp_path / "val-a" / "validator.sqlite3").runs()]
-        assert max(restarted_attempts) == 2  # the killed run was re-queued once and finished
+        assert restarted_attempts == [2, 2]  # both killed runs were re-queued once and finished
     finally:
         for proc in procs:
             _stop(proc)
