@@ -398,3 +398,54 @@ def test_wandb_callback_logs_stage_numbers_offline(tmp_path: Path, monkeypatch: 
     logged = list(tmp_path.rglob("*.wandb"))
     assert logged, "wandb wrote no offline run file"
     assert any(b"heldout_bpb" in path.read_bytes() for path in logged)
+
+
+@pytest.mark.slow
+def test_weights_are_set_every_tempo_while_a_long_run_is_in_flight(tmp_path: Path) -> None:
+    """No stage waits for a run: with the only worker busy for a minute, weights keep coming."""
+    import shutil
+
+    from prism.data import ensure_offline_corpus
+
+    wallets, logs = tmp_path / "wallets", tmp_path / "logs"
+    logs.mkdir()
+    chain_path = tmp_path / "chain.sqlite3"
+    chain = LocalChain.create(chain_path, SubnetParams(netuid=NETUID, tempo=4, weights_rate_limit=2,
+                                                       commitment_rate_limit=2), block_time_s=0.5)  # fmt: skip
+    for name, is_validator in {"val": True, "miner-fast": False, "miner-slow": False}.items():
+        chain.register_wallet(create_wallet(name, "default", wallets), stake=100.0 if is_validator else 1.0,
+                              validator_permit=is_validator)  # fmt: skip
+    data_dir = tmp_path / "data"
+    ensure_offline_corpus(data_dir, tokenizer="byte")
+    slow = shutil.copytree(REPO / "examples" / "tiny", tmp_path / "slow")
+    model = slow / "src" / "model.py"
+    model.write_text("import time\n" + model.read_text().replace(
+        "def build_model(ctx):\n", "def build_model(ctx):\n    time.sleep(90)  # a long run\n"))  # fmt: skip
+
+    def miner(name: str, path: Path) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "prism.miner", *_flags(chain_path, wallets, name), "--submission", str(path),
+                "--axon.ip", "127.0.0.1", "--axon.port", "0", "--sync_interval", "1"]  # fmt: skip
+        return _spawn(argv, logs / f"{name}.log")
+
+    state_dir = tmp_path / "val"
+    procs = [miner("miner-fast", REPO / "examples" / "tiny")]
+    procs.append(_spawn([sys.executable, "-m", "prism.validator", *_flags(chain_path, wallets, "val"),
+                         "--neuron.state_dir", str(state_dir), "--profile", str(TINY_PROFILE), "--data", str(data_dir),
+                         "--scoring.waive", "profile.not_official", "--loop_interval", "0.5", "--wandb.off"],
+                        logs / "val.log"))  # fmt: skip
+    try:
+        _wait(lambda: _finished(state_dir, 1), 240, "the first weights", procs, logs)
+        procs.append(miner("miner-slow", slow))
+        _wait(lambda: "running" in _run_states(state_dir), 120, "the slow run to start", procs, logs)
+        hotkey = hotkey_ss58(create_wallet("val", "default", wallets))
+        seen: set[int] = set()
+        deadline, reader = time.monotonic() + 20, LocalChain(chain_path, NETUID)  # 40 blocks = 10 tempos
+        while time.monotonic() < deadline:
+            seen.add(reader.weights()[hotkey].block)
+            time.sleep(0.5)
+        reader.close()
+        assert "running" in _run_states(state_dir)  # the slow run is still in flight
+        assert len(seen) >= 3, seen  # and weights were set again and again meanwhile
+    finally:
+        for proc in procs:
+            _stop(proc)
