@@ -16,6 +16,7 @@ JSON API (``/api/v1``)::
     /runs, /runs/{run_id}          finished runs (?family=ID), one run with its manifest
     /runs/{run_id}/manifest.json   the manifest file as the validator wrote it
     /runs/{run_id}/plots/{name}    a loss-curve image named by the manifest's artifacts
+    /status                        the validator's own status file (prism.validator.status), or 404
 
 Every error is JSON, ``{"error": {"code": ..., "message": ...}}``, with a 4xx status for a bad
 request and 5xx when the store cannot answer. Only GET and HEAD exist.
@@ -234,6 +235,17 @@ async def api_run_plot(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path, headers={"Content-Type": content_type})
 
 
+async def api_status(request: web.Request) -> web.Response:
+    """What the validator wrote last (block, queue, runs in flight, weights), read by the same code
+    as ``prism localnet``; never an input to anything shown as a score."""
+    from prism.validator.status import read_status
+
+    status = read_status(_board(request).reader.root)
+    if status is None:
+        raise ApiError(404, "serve.no_status", "this validator has not written a status file yet")
+    return web.json_response(status.model_dump(mode="json"))
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "schema_version": _board(request).reader.schema_version})
 
@@ -248,7 +260,7 @@ def build_app(reader: StoreReader) -> web.Application:
         (f"{API}/families/{{family_id}}", api_family), (f"{API}/families/{{family_id}}/code.zip", api_family_code),
         (f"{API}/variants", api_variants), (f"{API}/weights", api_weights), (f"{API}/runs", api_runs),
         (f"{API}/runs/{{run_id}}", api_run), (f"{API}/runs/{{run_id}}/manifest.json", api_run_manifest),
-        (f"{API}/runs/{{run_id}}/plots/{{name}}", api_run_plot),
+        (f"{API}/runs/{{run_id}}/plots/{{name}}", api_run_plot), (f"{API}/status", api_status),
     ]  # fmt: skip
     for path, handler in routes:
         app.router.add_get(path, handler)

@@ -41,7 +41,6 @@ class EvaluationConfig(_Strict):
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(default=1, ge=1, description="runs in flight at once (local: one per device slot)")
     devices: str | None = Field(default=None, description="GPU indexes for the local slots, e.g. 0,1,2,3")
-    slots_per_run: int = Field(default=1, ge=1, description="device slots one run takes (GPUs for torchrun)")
     ray_address: str | None = Field(default=None, description="host:port of the Ray head (backend ray)")
 
 
@@ -116,8 +115,6 @@ def _add_evaluation_args(parser: argparse.ArgumentParser) -> None:
                         help="runs in flight at once (local: device slots; CPU profiles split the cores)")  # fmt: skip
     parser.add_argument("--evaluation.devices", dest="evaluation_devices", default=None,
                         help="GPU indexes the local slots use, e.g. 0,1,2,3 (default 0..workers-1)")  # fmt: skip
-    parser.add_argument("--evaluation.slots_per_run", dest="evaluation_slots_per_run", type=int, default=1,
-                        help="device slots one run takes (a profile with nproc_per_node > 1 needs that many)")  # fmt: skip
     parser.add_argument("--evaluation.ray_address", dest="evaluation_ray_address", default=None,
                         help="host:port of the Ray head node (with --evaluation.backend ray)")  # fmt: skip
 
@@ -142,7 +139,6 @@ def config_from_args(args: argparse.Namespace) -> ValidatorConfig:
             backend=args.evaluation_backend,
             workers=args.evaluation_workers,
             devices=args.evaluation_devices,
-            slots_per_run=args.evaluation_slots_per_run,
             ray_address=args.evaluation_ray_address,
         ),
         wandb=WandbConfig(

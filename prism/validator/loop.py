@@ -73,7 +73,7 @@ class ValidatorParts:
             profile=config.profile, data_dir=self.data_dir, data_fingerprint=None, runs_dir=config.state_dir / "runs",
             calibration_dir=config.state_dir / "calibration", heldout_seed=config.heldout_seed,
             max_attempts=config.max_attempts, require_beacon=self.profile.official,
-            slots_per_run=config.evaluation.slots_per_run,
+            slots_per_run=self.profile.nproc_per_node,  # a torchrun of N processes takes N slots
         )  # fmt: skip
 
     def policy_at(self, block: int) -> ScoringPolicy:
@@ -203,9 +203,9 @@ def build_pool(config: ValidatorConfig, profile: Profile, data_dir: Path) -> Poo
     from prism.workers.local import LocalPool
 
     slots = make_slots(profile.device, workers=evaluation.workers, devices=evaluation.devices)
-    if evaluation.slots_per_run > len(slots):
-        raise OperatorError(f"--evaluation.slots_per_run {evaluation.slots_per_run} is more than the "
-                            f"{len(slots)} slots", code="config.slots_per_run")  # fmt: skip
+    if profile.nproc_per_node > len(slots):
+        raise OperatorError(f"profile {profile.key} runs {profile.nproc_per_node} processes per run, more than "
+                            f"the {len(slots)} evaluation slots: raise --evaluation.workers", code="config.slots")  # fmt: skip
     return LocalPool(slots, config.state_dir / "workers")
 
 

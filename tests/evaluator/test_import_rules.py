@@ -14,6 +14,7 @@ HOST_MODULES = [
     "prism.evaluator.spots", "prism.evaluator.verdicts", "prism.evaluator.remeasure", "prism.evaluator.identity_check",
     "prism.evaluator.manifest_build", "prism.evaluator.artifacts", "prism.evaluator.devices",
     "prism.evaluator.sandbox", "prism.commands.eval", "prism.commands.eval_report", "prism.beacon",
+    "prism.validator", "prism.store", "prism.workers.local", "prism.workers.tasks", "prism.workers.worker",
 ]  # fmt: skip
 
 BLOCKER = """

@@ -208,3 +208,18 @@ def test_the_server_imports_neither_torch_nor_bittensor() -> None:
             "print(sorted(m for m in ('torch', 'bittensor') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_status_is_the_validators_own_file_read_by_the_shared_model(scored_store, serve) -> None:
+    from prism.validator.status import EvaluationStats, InFlight, ValidatorStatus, write_status
+
+    url = serve(scored_store["state"]).url
+    assert _get(f"{url}/api/v1/status")[0] == 404  # nothing written yet: absent, never invented
+    status = ValidatorStatus(
+        hotkey="5Val", block=81, step=12, submissions=4, runs={"done": 7, "running": 1}, pending_runs=1,
+        evaluation=EvaluationStats(backend="local", slots=2, in_flight=[InFlight(label="abc small/0", slots=["cpu:1"])],
+                                   finished_runs=7, mean_run_s=41.5, max_concurrent=2),
+        last_weights_block=80, weights_current=False, updated_at=1.0,
+    )  # fmt: skip
+    write_status(scored_store["state"], status)
+    assert ValidatorStatus.model_validate(_json(f"{url}/api/v1/status")) == status
