@@ -3,15 +3,18 @@
 Nothing here imports Ray at module level, and only JSON text and bytes cross the wire: the task
 (``EvaluationTask`` JSON), the ZIP's bytes (a Ray object, content-addressed by its sha256), the
 requirements the validator holds the node to, and back a ``NodeResult`` (JSON) plus the run
-directory as a deterministic tar (:mod:`prism.workers.run_archive`).
+directory as a deterministic tar (:mod:`prism.workers.run_archive`). A paired re-measurement
+also receives the two manifests and the model's weights, described by a ``PairedPayload``
+(:mod:`prism.workers.ray_paired`), and ships back only its outcome (per-window nats).
 
 Before a run the node must match the validator: the same prepared data (the fingerprint is the
 sha256 of the data dir's MANIFEST.json), the same evaluator version and torch, and a sandbox at
 least as strong. A node that does not is an infrastructure failure (``ray.data_mismatch``,
 ``ray.version_mismatch``, ``ray.sandbox_mismatch``), never the miner's. The ZIP is checked against
-its sha256 before it is written to the node's scratch (``ray.zip_mismatch``). The run happens in
-a scratch directory of its own under the node's PRISM cache, removed afterwards: nothing on a
-worker writes into the validator's store.
+its sha256 before it is written to the node's scratch (``ray.zip_mismatch``), and so is every
+file of a paired task (``ray.payload_mismatch``). The run happens in a scratch directory of its
+own under the node's PRISM cache, removed afterwards: nothing on a worker writes into the
+validator's store.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism.errors import InfrastructureFault, PrismError
+from prism.workers.ray_paired import PairedPayload, land_paired
 from prism.workers.run_archive import pack_run_dir, remove_tree
-from prism.workers.tasks import EvaluationTask, TaskOutcome, run_task
+from prism.workers.tasks import EvaluationTask, PairedJob, TaskOutcome, run_task
 
 logger = logging.getLogger(__name__)
 
@@ -166,16 +170,18 @@ def probe_node(requirements_json: str) -> str:
 def _infra(task: EvaluationTask, exc: PrismError, started: float, node: str) -> NodeResult:
     outcome = TaskOutcome(
         key=task.key, state="infra_fault", code=exc.code, message=exc.message,
-        seconds=time.monotonic() - started, worker=node,
+        seconds=time.monotonic() - started, worker=node, paired=task.paired,
     )  # fmt: skip
     return NodeResult(outcome=outcome)
 
 
 def _write_zip(task: EvaluationTask, zip_bytes: bytes, scratch: Path) -> Path:
+    """The ZIP the task runs (a paired task's is the model's), checked against its sha256."""
+    wanted = task.paired.request.model_zip_sha256 if task.paired is not None else task.key.zip_sha256
     actual = hashlib.sha256(zip_bytes).hexdigest()
-    if actual != task.key.zip_sha256:
+    if actual != wanted:
         raise InfrastructureFault(
-            f"the ZIP received for {task.label} has sha256 {actual}, expected {task.key.zip_sha256}",
+            f"the ZIP received for {task.label} has sha256 {actual}, expected {wanted}",
             code="ray.zip_mismatch",
         )
     path = scratch / f"{actual}.zip"
@@ -183,8 +189,26 @@ def _write_zip(task: EvaluationTask, zip_bytes: bytes, scratch: Path) -> Path:
     return path
 
 
+#: A paired task's payload as it arrives: its description (JSON) and the files' bytes
+#: (model manifest, weights, challenger manifest).
+PairedArrival = tuple[str, tuple[bytes, bytes, bytes]]
+
+
+def _remeasure_here(
+    job: PairedJob, local: EvaluationTask, paired: PairedArrival | None, scratch: Path, worker: str
+) -> NodeResult:
+    """A paired task: land its files, re-measure, answer in the validator's terms (its paths)."""
+    if paired is None:
+        raise InfrastructureFault(f"{local.label} arrived without its files", code="ray.payload_mismatch")
+    payload_json, files = paired
+    here = land_paired(job, PairedPayload.model_validate_json(payload_json), files,
+                       zip_path=local.zip_path, scratch=scratch, label=local.label)  # fmt: skip
+    outcome = run_task(local.model_copy(update={"paired": here}))
+    return NodeResult(outcome=outcome.model_copy(update={"worker": worker, "paired": job}))
+
+
 def _evaluate_here(
-    task: EvaluationTask, zip_bytes: bytes, scratch: Path, max_bytes: int
+    task: EvaluationTask, zip_bytes: bytes, scratch: Path, max_bytes: int, paired: PairedArrival | None
 ) -> tuple[NodeResult, bytes]:
     from prism.evaluator.plan import default_calibration_dir
 
@@ -192,7 +216,10 @@ def _evaluate_here(
         "zip_path": _write_zip(task, zip_bytes, scratch), "runs_dir": scratch / "runs",
         "calibration_dir": default_calibration_dir(), "slots": (),
     })  # fmt: skip
-    outcome = run_task(local).model_copy(update={"worker": f"ray node {node_name()} pid {os.getpid()}"})
+    worker = f"ray node {node_name()} pid {os.getpid()}"
+    if task.paired is not None:  # no run directory: only the outcome (per-window nats) goes back
+        return _remeasure_here(task.paired, local, paired, scratch, worker), b""
+    outcome = run_task(local).model_copy(update={"worker": worker})
     run_dirs = (
         sorted(p for p in local.runs_dir.glob("run-*") if p.is_dir()) if local.runs_dir.is_dir() else []
     )
@@ -225,9 +252,13 @@ def sweep_stale_scratch(root: Path) -> list[Path]:
 
 
 def run_on_node(
-    task_json: str, zip_bytes: bytes, requirements_json: str, max_result_bytes: int
-) -> tuple[str, bytes]:
-    """A Ray task: evaluate one cell on this node. Returns (``NodeResult`` JSON, run dir tar)."""
+    task_json: str, zip_bytes: bytes, requirements_json: str, max_result_bytes: int,
+    paired_json: str | None = None, model_manifest: bytes = b"", weights: bytes = b"",
+    challenger_manifest: bytes = b"",
+) -> tuple[str, bytes]:  # fmt: skip
+    """A Ray task: evaluate one cell (or, with ``paired_json`` and the files it describes, one
+    paired re-measurement) on this node. Returns (``NodeResult`` JSON, run dir tar; empty for a
+    paired task)."""
     from prism.evaluator.plan import cache_dir
     from prism.workers.worker import die_with_parent
 
@@ -244,7 +275,8 @@ def run_on_node(
         if problems:
             raise problems[0]
         scratch.mkdir(parents=True)
-        result, archive = _evaluate_here(task, zip_bytes, scratch, max_result_bytes)
+        paired = (paired_json, (model_manifest, weights, challenger_manifest)) if paired_json else None
+        result, archive = _evaluate_here(task, zip_bytes, scratch, max_result_bytes, paired)
     except PrismError as exc:
         result, archive = _infra(task, exc, started, node), b""
     except OSError as exc:  # the node's scratch disk, not the run

@@ -10,8 +10,12 @@ CPU profiles) and runs the same sandboxed ``run_task`` on its node, under that n
 The ZIP travels as a Ray object keyed by its sha256 (one per submission, shared by its cells,
 checked by the node before use). The node ships the run directory back as a tar; the pool writes
 it to ``task.runs_dir/<run_id>`` and checks the manifest's sha256 there, so outcomes name the local
-copy. The pool's slots are logical (``workers``; by default what the cluster can run at once):
-Ray decides where each task runs and which GPUs it sees.
+copy. A paired re-measurement (``task.paired``) ships the model's ZIP the same way, plus the two
+manifests and the model's weights (:mod:`prism.workers.ray_paired`: each checked on the node
+against the sha256 and size the validator read, each at most ``max_payload_bytes``; the weights
+are one object per model run while tasks use them), and gets back only its outcome. The pool's
+slots are logical (``workers``; by default what the cluster can run at once): Ray decides where
+each task runs and which GPUs it sees.
 
 Ray never retries a run (``max_retries=0``): a worker or node lost mid-run is an ``infra_fault``
 outcome with code ``ray.worker_lost`` and the validator's own retry logic re-queues it. When the
@@ -23,35 +27,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
-import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prism.errors import InfrastructureFault, OperatorError
 from prism.manifest import MANIFEST_FILENAME
 from prism.store import RunKey
-from prism.workers import ray_node
+from prism.workers import ray_node, ray_paired
+from prism.workers.ray_connect import Device, capable_nodes, import_ray, join
+from prism.workers.ray_paired import DEFAULT_MAX_PAYLOAD_BYTES, PairedPayload, ShippedFile
 from prism.workers.run_archive import DEFAULT_MAX_RESULT_BYTES, unpack_run_dir
 from prism.workers.slots import DeviceSlot
-from prism.workers.tasks import EvaluationTask, TaskOutcome
+from prism.workers.tasks import EvaluationTask, PairedJob, TaskOutcome
 
 logger = logging.getLogger(__name__)
-
-Device = Literal["cpu", "cuda"]
-
-
-def import_ray() -> Any:
-    """Ray, or a clear error naming the extra that installs it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise OperatorError(
-            "--evaluation.backend ray needs Ray: pip install 'prism-subnet[ray]'", code="ray.not_installed"
-        ) from exc
-    return ray
 
 
 @dataclass
@@ -59,6 +51,16 @@ class _Running:
     task: EvaluationTask
     ref: Any  # ray.ObjectRef of (NodeResult JSON, run dir tar)
     started: float
+    held: tuple[str, ...]  # the objects it uses (keys of RayPool._held)
+
+
+@dataclass
+class _Held:
+    """A file put into Ray's object store once and shared by the tasks in flight that use it."""
+
+    ref: Any
+    file: ShippedFile
+    users: int = 0
 
 
 def _lost_codes(ray: Any) -> tuple[type[BaseException], ...]:
@@ -80,7 +82,7 @@ class RayPool:
     def __init__(
         self, *, ray: Any, slots: list[DeviceSlot], requirements: ray_node.WorkerRequirements,
         largest_node: float, cpus_per_slot: float = 1.0, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        owns_connection: bool = False,
+        owns_connection: bool = False, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:  # fmt: skip
         self._ray = ray
         self.slots = list(slots)
@@ -88,11 +90,12 @@ class RayPool:
         self.largest_node = largest_node
         self.cpus_per_slot = cpus_per_slot
         self.max_result_bytes = max_result_bytes
+        self.max_payload_bytes = max_payload_bytes
         self._owns_connection = owns_connection
         self._remote = ray.remote(max_calls=1)(ray_node.run_on_node)
         self._running: dict[int, _Running] = {}
         self._ready: list[tuple[EvaluationTask, TaskOutcome]] = []  # failed at submit; out at the next poll
-        self._zips: dict[str, tuple[Any, int]] = {}  # zip sha256 -> (ray object, tasks using it)
+        self._held: dict[str, _Held] = {}  # "zip:<sha256>" / "weights:<path>" -> the object
         self._next = 0
         self.node_ids: list[str] = []  # the nodes able to run a task when the pool connected
 
@@ -104,7 +107,7 @@ class RayPool:
     def connect(
         cls, address: str, *, device: Device, data_dir: Path, data_fingerprint: str | None = None,
         workers: int | None = None, cpus_per_slot: float = 1.0, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        check_nodes: bool = True, probe_timeout_s: float = 120.0,
+        check_nodes: bool = True, probe_timeout_s: float = 120.0, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> RayPool:  # fmt: skip
         """Join the cluster at ``address`` (``host:port`` of its head) and check its nodes.
 
@@ -112,6 +115,8 @@ class RayPool:
         machine. ``workers`` caps the runs in flight (default: the cluster's GPUs on CUDA, its
         CPUs / ``cpus_per_slot`` on CPU). With ``check_nodes`` every node able to run a task must
         hold the same data, evaluator version, torch and bubblewrap, else ``OperatorError``.
+        ``max_result_bytes`` bounds a run directory shipped back, ``max_payload_bytes`` each file
+        a paired task ships to a node (the model's weights).
         """
         ray = import_ray()
         requirements = ray_node.WorkerRequirements(
@@ -120,11 +125,12 @@ class RayPool:
             evaluator_version=ray_node.evaluator_version(), code_sha256=ray_node.code_fingerprint(),
             torch_version=ray_node.torch_version(), isolation=ray_node.isolation_mode(),
         )  # fmt: skip
-        owns = _join(ray, address)
+        owns = join(ray, address)
         try:
             pool = cls._build(
                 ray, address, device, requirements, workers, cpus_per_slot, max_result_bytes, owns
             )
+            pool.max_payload_bytes = max_payload_bytes
             if check_nodes:
                 pool.check_nodes(pool.node_ids, timeout_s=probe_timeout_s)
         except Exception:
@@ -141,7 +147,7 @@ class RayPool:
         cls, ray: Any, address: str, device: Device, requirements: ray_node.WorkerRequirements,
         workers: int | None, cpus_per_slot: float, max_result_bytes: int, owns: bool,
     ) -> RayPool:  # fmt: skip
-        nodes = _capable_nodes(ray, device, cpus_per_slot)
+        nodes = capable_nodes(ray, device, cpus_per_slot)
         resource, per_slot = ("GPU", 1.0) if device == "cuda" else ("CPU", cpus_per_slot)
         capacity = workers or int(sum(n["Resources"].get(resource, 0) for n in nodes) // per_slot)
         if capacity < 1 or not nodes:
@@ -195,16 +201,16 @@ class RayPool:
             return False
         task = task.model_copy(update={"slots": tuple(free[:slots_needed])})
         try:
-            zip_ref = self._hold_zip(task)
+            arguments, held = self._arguments(task)
         except InfrastructureFault as exc:
             self._ready.append((task, _fault(task, exc, time.monotonic())))
             return True
         ref = self._remote.options(
             num_cpus=self.cpus_per_slot * slots_needed, num_gpus=slots_needed if self.device == "cuda" else 0,
             max_retries=0, retry_exceptions=False, name=f"prism-eval {task.label}",
-        ).remote(task.model_dump_json(), zip_ref, self._requirements_for(task), self.max_result_bytes)  # fmt: skip
+        ).remote(task.model_dump_json(), *arguments)  # fmt: skip
         self._next += 1
-        self._running[self._next] = _Running(task, ref, time.monotonic())
+        self._running[self._next] = _Running(task, ref, time.monotonic(), held)
         logger.info("submitted %s to Ray (%d %s slots)", task.label, slots_needed, self.device)
         return True
 
@@ -222,7 +228,8 @@ class RayPool:
             if ref in finished:
                 running = self._running.pop(i)
                 done.append(self._collect(running))
-                self._release_zip(running.task.key.zip_sha256)
+                for key in running.held:
+                    self._release(key)
         return done
 
     def shutdown(self) -> list[RunKey]:
@@ -235,7 +242,7 @@ class RayPool:
                 logger.warning("could not cancel %s: %s", running.task.label, exc)
         self._running.clear()
         self._ready.clear()
-        self._zips.clear()
+        self._held.clear()
         if self._owns_connection:
             self._ray.shutdown()
         return keys
@@ -256,34 +263,49 @@ class RayPool:
         })  # fmt: skip
         return wanted.model_dump_json()
 
-    def _hold_zip(self, task: EvaluationTask) -> Any:
-        """The ZIP as a Ray object keyed by its sha256 (read and checked once per submission)."""
+    def _arguments(self, task: EvaluationTask) -> tuple[list[Any], tuple[str, ...]]:
+        """The Ray task's arguments after the task's JSON, and the held objects they use."""
+        if task.paired is not None:
+            return self._paired_arguments(task, task.paired)
         sha = task.key.zip_sha256
-        if sha in self._zips:
-            ref, users = self._zips[sha]
-            self._zips[sha] = (ref, users + 1)
-            return ref
-        try:
-            data = task.zip_path.read_bytes()
-        except OSError as exc:
-            raise InfrastructureFault(
-                f"cannot read {task.zip_path}: {exc}", code="ray.zip_unreadable"
-            ) from exc
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha:
-            raise InfrastructureFault(
-                f"{task.zip_path} has sha256 {actual}, its run key says {sha}", code="ray.zip_mismatch"
-            )
-        ref = self._ray.put(data)
-        self._zips[sha] = (ref, 1)
-        return ref
+        key = self._hold(f"zip:{sha}", lambda: _read_zip(sha, task.zip_path))
+        return [self._held[key].ref, self._requirements_for(task), self.max_result_bytes], (key,)
 
-    def _release_zip(self, sha: str) -> None:
-        ref, users = self._zips.get(sha, (None, 0))
-        if users <= 1:
-            self._zips.pop(sha, None)  # dropping the last reference frees the object
-        else:
-            self._zips[sha] = (ref, users - 1)
+    def _paired_arguments(self, task: EvaluationTask, job: PairedJob) -> tuple[list[Any], tuple[str, ...]]:
+        """The model's ZIP and weights (held objects), both manifests, and what the node checks."""
+        sha, weights = job.request.model_zip_sha256, ray_paired.weights_path(job.model_manifest_path.parent)
+        held: list[str] = []
+        try:
+            held.append(self._hold(f"zip:{sha}", lambda: _read_zip(sha, job.model_zip_path)))
+            held.append(self._hold(f"weights:{weights}", lambda: ray_paired.read_shipped(
+                weights, what=f"the weights of run {job.request.model_run_id}", max_bytes=self.max_payload_bytes,
+                missing_code="paired.no_weights")))  # fmt: skip
+            model, challenger = ray_paired.read_manifests(job, self.max_payload_bytes)
+        except InfrastructureFault:
+            for key in held:
+                self._release(key)
+            raise
+        zip_held, weights_held = self._held[held[0]], self._held[held[1]]
+        payload = PairedPayload(model_manifest=ShippedFile.of(model), weights=weights_held.file,
+                                challenger_manifest=ShippedFile.of(challenger))  # fmt: skip
+        return [zip_held.ref, self._requirements_for(task), self.max_result_bytes, payload.model_dump_json(),
+                model, weights_held.ref, challenger], tuple(held)  # fmt: skip
+
+    def _hold(self, key: str, read: Callable[[], tuple[bytes, ShippedFile]]) -> str:
+        """Put a file into Ray's object store once (read and checked once) while tasks use it."""
+        held = self._held.get(key)
+        if held is None:
+            data, file = read()
+            held = self._held[key] = _Held(ref=self._ray.put(data), file=file)
+        held.users += 1
+        return key
+
+    def _release(self, key: str) -> None:
+        held = self._held.get(key)
+        if held is not None:
+            held.users -= 1
+            if held.users <= 0:
+                del self._held[key]  # dropping the last reference frees the object
 
     def _collect(self, running: _Running) -> TaskOutcome:
         ray = self._ray
@@ -315,11 +337,36 @@ class RayPool:
         return _fault(running.task, fault, running.started)
 
 
+def _read_zip(sha: str, path: Path) -> tuple[bytes, ShippedFile]:
+    """A ZIP's bytes, checked against the sha256 its run key (or paired request) names."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InfrastructureFault(f"cannot read {path}: {exc}", code="ray.zip_unreadable") from exc
+    file = ShippedFile.of(data)
+    if file.sha256 != sha:
+        raise InfrastructureFault(
+            f"{path} has sha256 {file.sha256}, its run key says {sha}", code="ray.zip_mismatch"
+        )
+    return data, file
+
+
 def _fault(task: EvaluationTask, exc: InfrastructureFault, started: float) -> TaskOutcome:
     return TaskOutcome(
         key=task.key, state="infra_fault", code=exc.code, message=exc.message[:2000],
-        seconds=time.monotonic() - started, worker="ray",
+        seconds=time.monotonic() - started, worker="ray", paired=task.paired,
     )  # fmt: skip
+
+
+def _land_paired(task: EvaluationTask, outcome: TaskOutcome) -> TaskOutcome:
+    """A re-measurement's outcome, as the node sent it (it names the validator's paths)."""
+    measured = len(outcome.nats) == len(outcome.window_bytes) > 0
+    if outcome.paired != task.paired or (outcome.state == "finished" and not measured):
+        raise InfrastructureFault(
+            f"a worker answered {task.label} with something else than its re-measurement",
+            code="ray.result_corrupt",
+        )
+    return outcome
 
 
 def _land(task: EvaluationTask, result: ray_node.NodeResult, archive: bytes, max_bytes: int) -> TaskOutcome:
@@ -329,6 +376,8 @@ def _land(task: EvaluationTask, result: ray_node.NodeResult, archive: bytes, max
         raise InfrastructureFault(
             f"a worker answered {task.label} with another run's outcome", code="ray.result_corrupt"
         )
+    if task.paired is not None:
+        return _land_paired(task, outcome)
     if result.run_id is None or not archive:
         if outcome.state == "finished":
             raise InfrastructureFault(
@@ -346,45 +395,6 @@ def _land(task: EvaluationTask, result: ray_node.NodeResult, archive: bytes, max
             code="ray.result_corrupt",
         )
     return outcome.model_copy(update={"manifest_path": manifest})
-
-
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """A TCP connect to the head first: ``ray.init`` waits minutes on an address nobody serves."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise OperatorError(
-            f"--evaluation.ray_address must be HOST:PORT, got {address!r}", code="ray.bad_address"
-        )
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise OperatorError(
-            f"nothing answers at the Ray head {address}: {exc}", code="ray.unreachable"
-        ) from exc
-
-
-def _join(ray: Any, address: str) -> bool:
-    """Connect this process to the cluster (True when this call did); keeps our SIGTERM handler."""
-    if ray.is_initialized():
-        return False
-    _check_reachable(address)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, namespace="prism")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise OperatorError(
-            f"cannot join the Ray cluster at {address}: {exc}", code="ray.unreachable"
-        ) from exc
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # ray.init replaces it with sys.exit
-    return True
-
-
-def _capable_nodes(ray: Any, device: Device, cpus_per_slot: float) -> list[dict[str, Any]]:
-    """The live nodes that can run one slot's task."""
-    resource, need = ("GPU", 1.0) if device == "cuda" else ("CPU", cpus_per_slot)
-    return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(resource, 0) >= need]
 
 
 __all__ = ["RayPool", "import_ray"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,18 +20,20 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from prism.errors import InfrastructureFault, OperatorError
-from prism.manifest import read_manifest
+from prism.manifest import MANIFEST_FILENAME, RunManifest, read_manifest
+from prism.scoring.paired import EvalRequest
 from prism.store import RunKey
 from prism.submission import pack_to
-from prism.workers import ray_node
+from prism.workers import ray_node, ray_paired
 from prism.workers.ray_local import LocalRayHead, marked_pids
-from prism.workers.run_archive import pack_run_dir, unpack_run_dir
-from prism.workers.tasks import EvaluationTask, TaskOutcome
+from prism.workers.run_archive import pack_run_dir, remove_tree, unpack_run_dir
+from prism.workers.tasks import EvaluationTask, PairedJob, TaskOutcome
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "validator" / "tiny_profile.yaml"
@@ -196,6 +200,144 @@ def test_nodes_without_the_same_data_are_refused(
     assert (data_fault.state, data_fault.code) == ("infra_fault", "ray.data_mismatch"), data_fault
     assert ours in (data_fault.message or "") and theirs in (data_fault.message or "")
     assert (outcomes[broken.key].state, outcomes[broken.key].code) == ("infra_fault", "ray.zip_mismatch")
+
+
+# -- paired re-measurements ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """examples/tiny trained twice in process: the model (held-out seed 11), the challenger (12)."""
+
+    zip_path: Path
+    zip_sha256: str
+    runs: Path
+    model: RunManifest
+    challenger: RunManifest
+
+
+@pytest.fixture(scope="module")
+def paired_runs(tmp_path_factory, data_dir) -> _Pair:
+    from prism.evaluator.host import evaluate
+    from prism.profiles import load_profile
+
+    root = tmp_path_factory.mktemp("ray-paired")
+    zip_path = root / "tiny.zip"
+    sha = pack_to(ROOT / "examples" / "tiny", zip_path)
+    common = dict(profile=load_profile(str(TINY)), data_dir=data_dir, out_dir=root / "runs",
+                  recipe_mode="reference", progress=False, calibration_dir=root / "cal")  # fmt: skip
+    (model,) = evaluate(zip_path, heldout_seed=11, **common)
+    (challenger,) = evaluate(zip_path, heldout_seed=12, **common)
+    assert model.status.state == challenger.status.state == "succeeded"
+    return _Pair(zip_path, sha, root / "runs", model, challenger)
+
+
+def _copy_run(pair: _Pair, run: RunManifest, store: Path, *, weights: bool) -> Path:
+    """The files of ``run`` a paired task names, copied into a store of the test's own."""
+    target = store / run.run_id
+    (target / "weights").mkdir(parents=True)
+    shutil.copyfile(pair.runs / run.run_id / MANIFEST_FILENAME, target / MANIFEST_FILENAME)
+    if weights:
+        shutil.copyfile(ray_paired.weights_path(pair.runs / run.run_id), ray_paired.weights_path(target))
+    return target / MANIFEST_FILENAME
+
+
+def _paired_task(pair: _Pair, tmp_path: Path, data_dir: Path, *, weights: bool = True) -> EvaluationTask:
+    """Re-measure the model run on the challenger's windows, from copies the test may delete."""
+    m, c = pair.model, pair.challenger
+    store = tmp_path / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    zip_path = store / f"{pair.zip_sha256}.zip"
+    shutil.copyfile(pair.zip_path, zip_path)
+    key = RunKey(zip_sha256=pair.zip_sha256, profile=c.profile.name, profile_version=c.profile.version,
+                 regime=c.regime.name, seed=c.seed, recipe_mode="reference")  # fmt: skip
+    request = EvalRequest(zip_sha256=pair.zip_sha256, recipe_mode="reference", regime=c.regime.name, seed=c.seed,
+                          run_id=c.run_id, model_zip_sha256=pair.zip_sha256, model_recipe_mode="reference",
+                          model_run_id=m.run_id)  # fmt: skip
+    job = PairedJob(request=request, profile_key=c.comparability.profile_key, model_zip_path=zip_path,
+                    model_manifest_path=_copy_run(pair, m, store, weights=weights),
+                    challenger_manifest_path=_copy_run(pair, c, store, weights=False))  # fmt: skip
+    return EvaluationTask(key=key, zip_path=zip_path, profile=str(TINY), data_dir=data_dir,
+                          runs_dir=tmp_path / "runs", calibration_dir=tmp_path / "calibration", paired=job)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_paired_remeasurement_travels_and_gives_the_local_nats_bit_for_bit(
+    connect, ray_cluster, data_dir, paired_runs, tmp_path
+) -> None:
+    from prism.evaluator.remeasure import remeasure
+    from prism.profiles import load_profile
+
+    pair = paired_runs
+    pool = connect(data_dir)
+    task = _paired_task(pair, tmp_path, data_dir)
+    assert pool.submit(task)
+    [flying] = pool.in_flight()
+    assert flying.paired == task.paired
+    remove_tree(tmp_path / "store")  # the node got the bytes, not the validator's paths
+    [outcome] = _wait(pool, 1, timeout=180)
+    assert (outcome.state, outcome.code) == ("finished", None), outcome
+    assert outcome.paired == task.paired and outcome.key == task.key  # in the validator's terms
+    assert outcome.worker and outcome.worker.startswith("ray node")
+    assert outcome.manifest_path is None and not (tmp_path / "runs").exists()  # no run dir shipped back
+    windows, own = (
+        json.loads((pair.runs / run.run_id / str(run.artifacts.window_losses)).read_text())
+        for run in (pair.challenger, pair.model)
+    )
+    assert list(outcome.window_bytes) == windows["window_bytes"]
+    assert list(outcome.nats) != own["nats"]  # the challenger's windows, not the model's own
+    local = remeasure(
+        model_zip=pair.zip_path, model_manifest=pair.model, model_run_dir=pair.runs / pair.model.run_id,
+        challenger=pair.challenger, profile=load_profile(str(TINY)), data_dir=data_dir, log_dir=tmp_path / "local",
+    )  # fmt: skip
+    assert local.failure is None and outcome.nats == local.nats  # the same measurement, bit for bit
+    assert list((ray_cluster.cache_dir / "ray-scratch").iterdir()) == []
+    assert len(pool.free_slots()) == 2 and pool.in_flight() == [] and pool._held == {}
+
+
+def _paired_node_call(task: EvaluationTask, files: dict[str, bytes], payload: ray_paired.PairedPayload):
+    wanted = ray_node.WorkerRequirements(
+        data_dir=task.data_dir, data_fingerprint=ray_node.data_fingerprint(task.data_dir),
+        evaluator_version=ray_node.evaluator_version(), code_sha256=ray_node.code_fingerprint(),
+        torch_version=ray_node.torch_version(), isolation=ray_node.isolation_mode(),
+    )  # fmt: skip
+    result_json, archive = ray_node.run_on_node(
+        task.model_dump_json(), files["zip"], wanted.model_dump_json(), 1 << 20, payload.model_dump_json(),
+        files["model"], files["weights"], files["challenger"],
+    )  # fmt: skip
+    assert archive == b""
+    return ray_node.NodeResult.model_validate_json(result_json).outcome
+
+
+@pytest.mark.slow
+def test_paired_files_that_differ_from_what_the_validator_read_are_refused(
+    connect, data_dir, paired_runs, tmp_path
+) -> None:
+    task = _paired_task(paired_runs, tmp_path, data_dir)
+    job = task.paired
+    assert job is not None
+    weights = ray_paired.weights_path(job.model_manifest_path.parent).read_bytes()
+    files = {"zip": job.model_zip_path.read_bytes(), "model": job.model_manifest_path.read_bytes(),
+             "weights": weights, "challenger": job.challenger_manifest_path.read_bytes()}  # fmt: skip
+    payload = ray_paired.PairedPayload(
+        model_manifest=ray_paired.ShippedFile.of(files["model"]), weights=ray_paired.ShippedFile.of(weights),
+        challenger_manifest=ray_paired.ShippedFile.of(files["challenger"]),
+    )  # fmt: skip
+    flipped = bytes([weights[-1] ^ 1])
+    for name, changed in (("weights", weights[:-1] + flipped), ("challenger", files["challenger"] + b" ")):
+        outcome = _paired_node_call(task, files | {name: changed}, payload)  # changed on the way
+        assert (outcome.state, outcome.code, outcome.paired) == ("infra_fault", "ray.payload_mismatch", job)
+        assert ray_paired.ShippedFile.of(files[name]).sha256 in (outcome.message or "")
+    scratch = Path(os.environ["PRISM_CACHE_DIR"]) / "ray-scratch"
+    assert not scratch.exists() or list(scratch.iterdir()) == []
+    # on the validator: weights gone from the store, or over the bound, fail before any Ray task
+    pool = connect(data_dir, check_nodes=False, max_payload_bytes=len(weights) - 1)
+    assert pool.submit(_paired_task(paired_runs, tmp_path / "gone", data_dir, weights=False))
+    assert pool.submit(task)
+    [gone, big] = pool.poll()
+    assert (gone.state, gone.code, gone.paired is not None) == ("infra_fault", "paired.no_weights", True)
+    assert (big.state, big.code, big.paired) == ("infra_fault", "ray.payload_too_large", job)
+    assert str(len(weights)) in (big.message or "") and pool._held == {}  # the ZIP was let go again
 
 
 # -- without a cluster -------------------------------------------------------------------------
