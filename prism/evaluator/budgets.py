@@ -7,6 +7,12 @@ the rebuilt model, so all trained state must be in it: a model cannot train more
 the file holds. Layers are re-counted from the tensor names (an integer-indexed child holding
 tensors is a layer, as ``nn.ModuleList``/``nn.Sequential`` stacks are named).
 
+The budget counts what the file can carry, not only elements: each tensor counts
+``max(elements, bytes / 4)`` values (two float32 packed into one int64 count as two), tensor
+names count ``ceil(len / 4)`` values each (a name is storage too), and tensors without elements
+are refused (a name on an empty tensor would be free storage). The file must also open with the
+safetensors library itself, so nothing the host accepts can fail to load later.
+
 What the training process says about its own size is evidence; this count is the verdict:
 over budget is ``budget.parameters_exceeded`` / ``budget.layers_exceeded`` (miner faults), and a
 file that is not plain safetensors is ``budget.weights_invalid``.
@@ -27,6 +33,8 @@ from prism.errors import MinerFault
 MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS = 100_000
 MAX_NAME_CHARS = 512
+MAX_DIM = 2**40  # far above any real tensor; keeps every product of dims within 64 bits
+BYTES_PER_VALUE = 4  # the budget's unit: one float32
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -49,6 +57,12 @@ class TensorEntry:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def counted_values(self) -> int:
+        """What this tensor costs in the budget: its elements, its bytes in float32 units, its name."""
+        nbytes = self.end - self.begin
+        return max(self.numel, -(-nbytes // BYTES_PER_VALUE)) + -(-len(self.name.encode()) // BYTES_PER_VALUE)
+
 
 @dataclass(frozen=True)
 class WeightsInventory:
@@ -56,8 +70,9 @@ class WeightsInventory:
 
     tensors: tuple[TensorEntry, ...]
     file_bytes: int
-    parameter_count: int
+    parameter_count: int  # elements, as a model's parameter count reads
     layer_count: int
+    counted_values: int = 0  # what the budget charges (TensorEntry.counted_values, summed)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
@@ -97,8 +112,10 @@ def _entry(name: object, spec: object) -> TensorEntry:
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if dtype not in DTYPE_BYTES:
         raise _invalid(f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+    if not isinstance(shape, list) or not all(isinstance(n, int) and 0 <= n <= MAX_DIM for n in shape):
         raise _invalid(f"tensor {name!r} has a bad shape")
+    if 0 in shape:
+        raise _invalid(f"tensor {name!r} has no elements (empty tensors are refused: their names would be free)")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
         raise _invalid(f"tensor {name!r} has bad data_offsets")
     entry = TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
@@ -155,6 +172,7 @@ def inspect_weights(path: Path) -> WeightsInventory:
         raise _invalid(f"{len(header)} tensors (at most {MAX_TENSORS})")
     entries = [_entry(name, spec) for name, spec in header.items()]
     _check_layout(entries, file_bytes - data_start)
+    _check_loadable(path)
     names = [e.name for e in entries]
     return WeightsInventory(
         tensors=tuple(entries),
@@ -162,14 +180,29 @@ def inspect_weights(path: Path) -> WeightsInventory:
         parameter_count=sum(e.numel for e in entries),
         layer_count=count_layers_from_names(names),
         shapes={e.name: e.shape for e in entries},
+        counted_values=sum(e.counted_values for e in entries),
     )
 
 
+def _check_loadable(path: Path) -> None:
+    """The library the held-out process loads with must accept the file too (headers only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                handle.get_slice(name).get_shape()
+    except Exception as exc:  # the library's own error types vary by version; any refusal is the file's
+        raise _invalid(f"safetensors refuses it ({str(exc)[:200]})") from exc
+
+
 def check_budgets(inventory: WeightsInventory, *, max_parameters: int, max_layers: int) -> None:
-    if inventory.parameter_count > max_parameters:
+    counted = max(inventory.counted_values, inventory.parameter_count)
+    if counted > max_parameters:
         raise MinerFault(
-            f"the trained weights hold {inventory.parameter_count:,} values in {len(inventory.tensors)} tensors, "
-            f"above max_parameters={max_parameters:,} (every tensor in the weights file counts, buffers too)",
+            f"the trained weights count {counted:,} values ({inventory.parameter_count:,} elements in "
+            f"{len(inventory.tensors)} tensors), above max_parameters={max_parameters:,} (every tensor in the "
+            "weights file counts, buffers too; 4 bytes are one value and tensor names count)",
             code="budget.parameters_exceeded",
         )
     if inventory.layer_count > max_layers:

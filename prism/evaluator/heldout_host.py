@@ -7,7 +7,9 @@ Per batch of held-out windows ``w`` (inputs ``w[:, :-1]``, targets ``w[:, 1:]``)
 3. only now draw the spot positions (fresh OS entropy, :mod:`prism.evaluator.spots` says how
    many) and receive those rows; each must hash to its digest, its ``logsumexp`` must equal the
    committed ``L`` and its target entry must be exactly ``z`` (else ``eval.commitment_mismatch``);
-4. count ``min(L - z, cap)`` nats per position, with the byte counts the host already knows.
+4. count ``clip(L - z, 0, cap)`` nats per position, with the byte counts the host already knows.
+
+``L`` must match the revealed row's logsumexp to ``1e-6 + 1e-12 |L|`` nats, and ``|L| <= 1e4``.
 
 A process that rewrites this protocol's in-process half cannot know which rows will be checked
 when it commits, nor when it reports ``z``. The host keeps ``L`` and ``z`` of every position for
@@ -52,7 +54,17 @@ from prism.evaluator.heldout_wire import (
     encode_tokens,
 )  # fmt: skip
 
-LSE_RELATIVE_TOLERANCE = 1e-6  # L is float64 from the same float32 row on both sides
+#: L is a float64 logsumexp of the same float32 row on both sides: they agree to rounding. The
+#: tolerance is absolute plus a tiny relative term, and |L| is bounded, so a model cannot widen it
+#: by inflating its logits (a relative 1e-6 at L = 2^26 would let it lie by 67 nats per position).
+LSE_ABS_TOLERANCE = 1e-6
+LSE_REL_TOLERANCE = 1e-12
+#: No honest model's log-normaliser comes near this; beyond it float32 logits have no resolution.
+LSE_BOUND = 1e4
+
+
+def lse_tolerance(lse: np.ndarray | float) -> np.ndarray | float:
+    return LSE_ABS_TOLERANCE + LSE_REL_TOLERANCE * np.abs(lse)
 #: (batch index, rows, seq_len) -> the (row, position) pairs to reveal, drawn after z arrived.
 SpotPolicy = Callable[[int, int, int], list[tuple[int, int]]]
 
@@ -211,16 +223,16 @@ class HeldoutSession:
             raise _reply_error(f"commitment has {len(commitment)} bytes, expected {n * (8 + DIGEST_BYTES)}")
         lse = np.frombuffer(commitment[: n * 8], dtype="<f8").reshape(rows, seq_len)
         digests = commitment[n * 8 :]
-        if not np.isfinite(lse).all():
-            raise MinerFault("committed log-normalisers are not finite", code="eval.bad_logits")
+        if not np.isfinite(lse).all() or np.abs(lse).max(initial=0.0) > LSE_BOUND:
+            raise MinerFault(
+                f"committed log-normalisers are not finite or beyond +-{LSE_BOUND:g}", code="eval.bad_logits"
+            )
         self.writer.write(*encode_tokens(TARGETS, out.batches, targets))  # only after the commitment
         _, raw_z = self._read(Z)
         if len(raw_z) != n * 8:
             raise _reply_error("z frame has the wrong length")
         z = np.frombuffer(raw_z, dtype="<f8").reshape(rows, seq_len)
-        if not np.isfinite(z).all() or np.any(
-            z > lse + LSE_RELATIVE_TOLERANCE * np.maximum(1.0, np.abs(lse))
-        ):
+        if not np.isfinite(z).all() or np.any(z > lse + lse_tolerance(lse)):
             raise _mismatch("target logits are not finite or exceed their committed log-normaliser")
         spots = self.spots(out.batches, rows, seq_len)  # drawn only now, after z is fixed
         self.writer.write({"type": SPOTS, "batch": out.batches, "positions": [[b, t] for b, t in spots]})
@@ -228,7 +240,7 @@ class HeldoutSession:
         verify_start = time.monotonic()
         self._verify_rows(first, raw_rows, spots, lse, z, digests, targets)
         out.timings_s["verify"] = out.timings_s.get("verify", 0.0) + time.monotonic() - verify_start
-        losses = np.minimum(lse - z, self.cap)  # (B, T) nats per position, capped
+        losses = np.clip(lse - z, 0.0, self.cap)  # (B, T) nats per position, never below 0, capped
         out.clipped += int(np.count_nonzero(lse - z > self.cap))
         out.lse[first : first + rows], out.target_logit[first : first + rows] = lse, z
         out.window_nats[first : first + rows] = losses.sum(axis=1)
@@ -263,7 +275,7 @@ class HeldoutSession:
                 != digests[flat * DIGEST_BYTES : (flat + 1) * DIGEST_BYTES]
             ):
                 raise _mismatch(f"logit row ({b}, {t}) does not match its commitment")
-            if abs(recomputed[i] - lse[b, t]) > LSE_RELATIVE_TOLERANCE * max(1.0, abs(lse[b, t])):
+            if abs(recomputed[i] - lse[b, t]) > lse_tolerance(float(lse[b, t])):
                 raise _mismatch(f"the committed log-normaliser at ({b}, {t}) is not that of its row")
             if float(rows[i, int(targets[b, t])]) != z[b, t]:
                 raise _mismatch(f"the reported target logit at ({b}, {t}) is not that of its row")

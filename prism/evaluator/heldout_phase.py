@@ -169,6 +169,48 @@ def observations(outcome: HeldoutOutcome) -> list[Observation]:
     return found
 
 
+@dataclass(frozen=True)
+class EvalComputeBudget:
+    """What one held-out process may spend, as the host measures it (CPU seconds of its tree on
+    CPU, wall seconds on GPU): the calibrated start-up plus ``cap`` training-token costs per
+    position it evaluates. A model that trains while it is evaluated pays for it here."""
+
+    kind: str  # cpu_s | wall_s, as the calibration
+    fixed_s: float
+    per_position_s: float
+
+    def limit_s(self, positions: int) -> float:
+        return self.fixed_s + self.per_position_s * positions
+
+
+def _spent(result: SandboxResult | None, kind: str) -> float | None:
+    if result is None:
+        return None
+    if kind == "cpu_s":
+        return result.cpu_s if result.cpu_accounted else None
+    return result.wall_s
+
+
+def compute_failure(
+    outcome: HeldoutOutcome, budget: EvalComputeBudget | None, windows: int, seq_len: int
+) -> Failure | None:
+    """Over the budget is training at evaluation time: the submission's fault, counted by the host."""
+    if budget is None:
+        return None
+    records = [("heldout", outcome.main, windows * seq_len)]
+    if outcome.replay.pairs:  # one replayed window per pair
+        records.append(("replay", outcome.replay_process, len(outcome.replay.pairs) * seq_len))
+    for phase, record, n in records:
+        spent, limit = _spent(record.result, budget.kind), budget.limit_s(n)
+        if spent is not None and spent > limit:
+            return Failure(
+                code="budget.eval_compute_exceeded", fault="miner", phase="heldout", observed="counted by the host",
+                message=f"the {phase} process spent {spent:.1f} {budget.kind} on {n:,} positions, above its budget of "
+                f"{limit:.1f} (start-up plus {budget.per_position_s:.2e} s per position): evaluation must not train",
+            )  # fmt: skip
+    return None
+
+
 @dataclass
 class HeldoutResult:
     """What the host measured on one weights file (``failure`` set, and no bpb, when it failed)."""
@@ -228,6 +270,7 @@ def run_heldout(
     log_dir: Path,
     isolation: IsolationProbe,
     extra_binds: tuple[Bind, ...] = (),
+    compute: EvalComputeBudget | None = None,
 ) -> HeldoutResult:
     """Measure one weights file on the given windows: check the file, evaluate, replay, decide.
 
@@ -259,10 +302,13 @@ def run_heldout(
     ]
     outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout)
     failure = first_failure(*(decide(o) for o in observations(outcome)))
+    if failure is None:
+        failure = compute_failure(outcome, compute, int(windows.shape[0]), int(windows.shape[1]) - 1)
     return HeldoutResult(outcome, failure, inventory)
 
 
 __all__ = [
+    "EvalComputeBudget",
     "HeldoutOutcome",
     "HeldoutResult",
     "ProcessRecord",

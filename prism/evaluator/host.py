@@ -47,7 +47,7 @@ from prism.evaluator.context import (
 )
 from prism.evaluator.devices import gpu_health
 from prism.evaluator.framing import ProtocolError
-from prism.evaluator.heldout_phase import run_heldout
+from prism.evaluator.heldout_phase import EvalComputeBudget, run_heldout
 from prism.evaluator.heldout_wire import EvalProcessSpec
 from prism.evaluator.identity_check import check_identity
 from prism.evaluator.manifest_build import RunEvidence, build_manifest, build_metrics
@@ -230,8 +230,12 @@ def _heldout(ev: RunEvidence, submission_dir: Path) -> Failure | None:
         log_dir=plan.root,
         isolation=ev.isolation,
         extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
+        compute=_eval_compute_budget(ev),
     )
     ev.heldout, ev.window_bytes = result.outcome, window_bytes
+    for name, record in (("heldout", result.outcome.main), ("replay", result.outcome.replay_process)):
+        if record.result is not None and record.result.cpu_accounted:
+            ev.timings[f"{name}_cpu_s"] = record.result.cpu_s  # what the eval compute budget reads
     session = result.session
     if result.failure is None and ev.inventory is not None and session.canonical_graph and session.run_graph:
         mismatch = check_identity(session.canonical_graph, session.run_graph, ev.inventory)
@@ -244,6 +248,25 @@ def _heldout(ev: RunEvidence, submission_dir: Path) -> Failure | None:
                 observed="checked by the host",
             )
     return result.failure
+
+
+#: Start-up of a held-out process beyond the training calibration's (graph recording, the weights
+#: load): 1.5x the calibrated start-up plus 5 s of CPU, or 60 s of wall time on GPU (the graph is
+#: recorded on CPU at the run context there). The budget is there to catch training, not to time
+#: start-up.
+EVAL_FIXED_FACTOR = 1.5
+EVAL_FIXED_EXTRA_S = {"cpu_s": 5.0, "wall_s": 60.0}
+
+
+def _eval_compute_budget(ev: RunEvidence) -> EvalComputeBudget | None:
+    calibration = ev.calibration
+    if calibration is None:
+        return None
+    return EvalComputeBudget(
+        kind=calibration.kind,
+        fixed_s=EVAL_FIXED_FACTOR * calibration.fixed_s + EVAL_FIXED_EXTRA_S.get(calibration.kind, 60.0),
+        per_position_s=ev.request.profile.limits.eval_compute_cap * calibration.per_token_s,
+    )
 
 
 def _heldout_spec(ev: RunEvidence, submission_dir: Path) -> EvalProcessSpec:

@@ -13,6 +13,12 @@ The filter, loaded by bubblewrap (``--seccomp FD``) for the whole sandboxed tree
   doing anything**: code that locks its own cache files (``torch.compile``) keeps working, and no
   lock is ever visible to another process;
 * ``inotify_init``, ``inotify_init1`` and ``fanotify_init`` fail with ``ENOSYS``;
+* the page cache is neither observable nor evictable from inside: ``mincore``, ``cachestat``,
+  ``preadv2`` and ``pwritev2`` (whose ``RWF_NOWAIT`` reports whether a page is cached) fail with
+  ``ENOSYS`` (glibc then falls back to ``preadv``); ``fadvise64``, ``readahead`` and the
+  ``MADV_COLD`` / ``MADV_PAGEOUT`` advice of ``madvise`` succeed without doing anything. The page
+  cache outlives a process, so without this a held-out process could leave bits in it for the
+  replay that runs after it (a measured attack, ``tests/hostile/``);
 * a system call of another ABI (x32, or 32-bit ``int 0x80`` on x86-64) fails with ``EPERM``.
 
 Everything else is allowed: the sandbox's namespaces, read-only mounts and limits do the rest.
@@ -34,22 +40,29 @@ _ERRNO = 0x00050000
 _ENOSYS, _EPERM = 38, 1
 _X32_BIT = 0x40000000
 _ARG1 = 16 + 8  # seccomp_data.args[1], low 32 bits (little-endian)
+_ARG2 = 16 + 16  # seccomp_data.args[2]
 _FCNTL_CHANNELS = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)  # F_GETLK .. F_NOTIFY
+_MADV_EVICT = (20, 21)  # MADV_COLD, MADV_PAGEOUT
 
 
 @dataclass(frozen=True)
 class _Abi:
     audit_arch: int
     fcntl: int
+    madvise: int
     fake: tuple[int, ...]  # syscalls that succeed without effect
     refuse: tuple[int, ...]  # syscalls that fail with ENOSYS
     x32: bool = False
 
 
 _ABIS = {
-    "x86_64": _Abi(0xC000003E, fcntl=72, fake=(73,), refuse=(253, 294, 300), x32=True),
-    "aarch64": _Abi(0xC00000B7, fcntl=25, fake=(32,), refuse=(26, 262)),
-}
+    # fake: flock, fadvise64, readahead; refuse: inotify_init, inotify_init1, fanotify_init,
+    # mincore, preadv2, pwritev2, cachestat
+    "x86_64": _Abi(0xC000003E, fcntl=72, madvise=28, fake=(73, 221, 187),
+                   refuse=(253, 294, 300, 27, 327, 328, 451), x32=True),
+    "aarch64": _Abi(0xC00000B7, fcntl=25, madvise=233, fake=(32, 223, 213),
+                    refuse=(26, 262, 232, 286, 287, 451)),
+}  # fmt: skip
 
 
 class _Program:
@@ -88,10 +101,16 @@ def filter_program(machine: str | None = None) -> bytes | None:
         p.emit(_JEQ_K, nr, "fake", 0)
     for nr in abi.refuse:
         p.emit(_JEQ_K, nr, "enosys", 0)
+    p.emit(_JEQ_K, abi.madvise, "madvise", 0)
     p.emit(_JEQ_K, abi.fcntl, 0, "allow")
     p.emit(_LD_W_ABS, _ARG1)
     for cmd in _FCNTL_CHANNELS:
         p.emit(_JEQ_K, cmd, "fake", 0)
+    p.emit(_RET_K, _ALLOW)
+    p.label("madvise")
+    p.emit(_LD_W_ABS, _ARG2)
+    for advice in _MADV_EVICT:
+        p.emit(_JEQ_K, advice, "fake", 0)
     p.label("allow")
     p.emit(_RET_K, _ALLOW)
     p.label("fake")

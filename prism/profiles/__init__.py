@@ -77,6 +77,12 @@ class Limits(_Strict):
     compute_cap: float | None = Field(
         default=None, gt=1.0, description="training compute may be at most this multiple of the calibration"
     )
+    eval_compute_cap: float = Field(
+        default=4.0,
+        gt=1.0,
+        description="each held-out process may spend start-up plus this many calibrated training token costs "
+        "per held-out position (a forward costs about a third of one): more is training at evaluation",
+    )
 
 
 class Gates(_Strict):

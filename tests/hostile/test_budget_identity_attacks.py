@@ -314,6 +314,10 @@ def build_model(ctx):
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="residual (docs/security.md, 'Identity decoys'): the graph is recorded inside a process that imported the submission, so a model that recognises the recording (or patches the recorder) can show another topology; the host checks every recorded parameter shape against the weights file, so the decoy must share the trained shapes",
+)
 @pytest.mark.parametrize("body", [DECOY_FOR_ONE_ROW, FORGED_GRAPH], ids=["one-row-decoy", "forged-graph"])
 def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, tinylm_twin, body):
     run = attack_run(source(REAL + body))

@@ -266,6 +266,10 @@ def build_model(ctx):
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="residual by design (docs/security.md, 'Extra compute'): the compute cap is a multiple of the reference model at the regime's full parameter budget (issue 9, build 6), so a smaller model may spend the slack on more passes over the tokens it was fed; no extra data reaches it",
+)
 def test_extra_updates_inside_forward_under_the_compute_cap_buy_nothing(attack_run, tinylm_twin):
     run = attack_run(source(EXTRA_UPDATES_IN_FORWARD))
     assert_no_gain(run, tinylm_twin)
@@ -317,6 +321,19 @@ def build_model(ctx):
 """
 
 
-def test_training_inside_the_heldout_process_buys_nothing(attack_run, tinylm_twin):
+@pytest.mark.xfail(
+    strict=True,
+    reason="residual at toy scale (docs/security.md, 'Training at evaluation time'): five epochs over the "
+    "buffered batches cost about 2 CPU seconds here, inside the held-out process's start-up allowance; "
+    "the eval compute budget catches eval-time training that is large next to start-up (the next test)",
+)
+def test_training_inside_the_heldout_process_buys_nothing_at_toy_scale(attack_run, tinylm_twin):
     run = attack_run(source(TRAINING_AT_EVAL_TIME))
     assert_no_gain(run, tinylm_twin)
+
+
+def test_heavy_training_inside_the_heldout_process_exceeds_the_eval_compute_budget(attack_run):
+    run = attack_run(source(TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(80):")))
+    failure = run.manifest.status.failure
+    assert failure is not None and failure.code == "budget.eval_compute_exceeded", describe(run)
+    assert failure.fault == "miner" and run.manifest.timings_s["heldout_cpu_s"] > 10
