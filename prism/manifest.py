@@ -68,6 +68,11 @@ class SubmissionIds(_Strict):
     family_ops: list[str] | None = Field(
         default=None, description="the folded canonical op tokens the family id hashes (near-duplicate rule)"
     )
+    architecture_zip_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="a training_for_arch's run: the ZIP whose architecture files it trained (the family's canonical)",
+    )
 
 
 class RecipeRecord(_Strict):

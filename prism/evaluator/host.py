@@ -64,6 +64,7 @@ from prism.evaluator.plan import (
 from prism.evaluator.progress import RunProgress
 from prism.evaluator.recipe import reference_steps
 from prism.evaluator.train_phase import TrainingJob, TrainingOutcome, run_training
+from prism.evaluator.variant import submission_to_run
 from prism.evaluator.verdicts import Observation, decide
 from prism.manifest import MANIFEST_FILENAME, Artifacts, Failure, RunManifest, read_manifest, write_manifest
 from prism.profiles import Profile
@@ -429,30 +430,32 @@ def evaluate(
     calibration_dir: Path | None = None,
     force: bool = False,
     beacon: tuple[int, str] | None = None,
+    architecture_from: Path | None = None,
 ) -> list[RunManifest]:
     """Train and measure one submission under ``profile``; one manifest per regime x seed.
 
     Raises ``SubmissionError`` when intake rejects the submission and ``OperatorError`` for bad
     arguments. ``beacon`` = (block, block hash) derives every cell's seeds from the chain
     (prism.beacon; validators on official profiles). ``calibration_dir`` (default: this machine's cache, ``prism.evaluator.plan.cache_dir``)
-    holds the compute calibrations.
+    holds the compute calibrations. ``architecture_from`` (a ``training_for_arch`` only): the family's
+    canonical ZIP, whose architecture files the runs train with the variant's recipe
+    (``prism.submission.compose``).
     """
-    from prism.submission import load_submission
-
     if recipe_mode not in ("reference", "submitted"):
         raise OperatorError(
             f"recipe mode must be reference or submitted, got {recipe_mode!r}", code="eval.bad_recipe_mode"
         )
     out_dir = Path(out_dir).resolve()
+    submission, architecture_zip = submission_to_run(Path(submission_path), architecture_from, profile)
     request = EvalRequest(
-        submission=load_submission(Path(submission_path)), profile=profile, data=describe_data(Path(data_dir).resolve(), profile),
+        submission=submission, profile=profile, data=describe_data(Path(data_dir).resolve(), profile),
         out_dir=out_dir, recipe_mode=recipe_mode,
         competition=competition or ("training" if recipe_mode == "submitted" else "architecture"),  # type: ignore[arg-type]
         regimes=tuple(profile.regime(n) for n in regimes) if regimes else profile.regimes,
         seeds=tuple(seeds) if seeds else profile.seeds, heldout_seed=profile.heldout.seed if heldout_seed is None else heldout_seed,
         nproc=nproc_per_node or profile.nproc_per_node, attempt=attempt, resume_checkpoint_dir=resume_checkpoint_dir,
         calibration_dir=Path(calibration_dir).resolve() if calibration_dir else default_calibration_dir(), force=force,
-        beacon=beacon,
+        beacon=beacon, architecture_zip_sha256=architecture_zip,
     )  # fmt: skip
     isolation = isolation or sb.probe_isolation()
     out_dir.mkdir(parents=True, exist_ok=True)

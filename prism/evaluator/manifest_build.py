@@ -333,6 +333,7 @@ def _ids(ev: RunEvidence) -> SubmissionIds:
         family_ops=[str(op) for op in graph["family_ops"]]
         if graph and isinstance(graph.get("family_ops"), list)
         else None,
+        architecture_zip_sha256=ev.request.architecture_zip_sha256,
     )
 
 

@@ -103,6 +103,8 @@ class EvalRequest:
     #: (block, block hash) of the chain beacon: when set, every cell's training and held-out seeds
     #: derive from it (prism.beacon) instead of the profile's seeds and ``heldout_seed``.
     beacon: tuple[int, str] | None = None
+    #: a training variant composed onto this ZIP's architecture files (prism.submission.compose)
+    architecture_zip_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,23 +144,23 @@ def make_run_id(
     data_fingerprint: str,
     nproc: int,
     evaluator_version: str = EVALUATOR_VERSION,
+    architecture_zip: str | None = None,
 ) -> str:
-    """Deterministic run id: a restarted validator finds (and skips) the runs it already finished."""
-    key = json.dumps(
-        [
-            zip_sha256,
-            profile_key,
-            regime,
-            seed,
-            recipe_mode,
-            heldout_seed,
-            attempt,
-            data_fingerprint,
-            nproc,
-            evaluator_version,
-        ],
-        separators=(",", ":"),
-    )
+    """Deterministic run id: a restarted validator finds (and skips) the runs it already finished.
+    ``architecture_zip``: a training variant trained on another ZIP's architecture files."""
+    fields = [
+        zip_sha256,
+        profile_key,
+        regime,
+        seed,
+        recipe_mode,
+        heldout_seed,
+        attempt,
+        data_fingerprint,
+        nproc,
+        evaluator_version,
+    ] + ([architecture_zip] if architecture_zip else [])
+    key = json.dumps(fields, separators=(",", ":"))
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -186,6 +188,7 @@ def plan_runs(request: EvalRequest) -> list[RunPlan]:
                 attempt=request.attempt,
                 data_fingerprint=request.data.fingerprint,
                 nproc=request.nproc,
+                architecture_zip=request.architecture_zip_sha256,
             )
             plan = RunPlan(run_id, regime, train_seed, heldout_seed, request.out_dir / run_id, seed, beacon)
             plans.append(plan)

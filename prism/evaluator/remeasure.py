@@ -112,11 +112,13 @@ def remeasure(
     data_dir: Path,
     log_dir: Path,
     isolation: sb.IsolationProbe | None = None,
+    architecture_zip: Path | None = None,
 ) -> Remeasurement:
     """Evaluate the model run's stored weights on the challenger run's windows.
 
     Raises ``InfrastructureFault`` when the two runs cannot be paired here (other data, a missing
-    weights file); a failure of the measurement itself is returned.
+    weights file); a failure of the measurement itself is returned. ``architecture_zip``: the
+    canonical ZIP a training variant's model trained on (its manifest names it).
     """
     from prism.evaluator.plan import describe_data
     from prism.submission import load_submission
@@ -130,6 +132,10 @@ def remeasure(
         )
     windows, window_bytes = challenger_windows(challenger, data.path)
     submission = load_submission(model_zip)
+    if architecture_zip is not None:  # a training variant's weights: its runs trained the canonical's files
+        from prism.submission.compose import compose_training_variant
+
+        submission = compose_training_variant(submission, load_submission(architecture_zip))
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="prism-remeasure-") as tmp:
         submission_dir = Path(tmp) / "submission"

@@ -195,6 +195,30 @@ class Store(RunQueue, ScoringInputs, PairedEvals, ScoringOutputs):
             raise InfrastructureFault(f"no beacon known for {zip_sha256[:12]}", code="store.no_beacon")
         return beacon_block(int(row["block"])), str(row["hash"])
 
+    def held_variants(self) -> list[tuple[str, int, str | None]]:
+        """(zip, earliest commit block, target family) of training variants with held runs."""
+        rows = self._conn.execute(
+            """SELECT s.zip_sha256, MIN(s.commit_block) AS block, MAX(s.target_architecture_id) AS target
+               FROM submissions s WHERE s.kind = 'training_for_arch' AND s.intake_ok = 1 AND EXISTS (
+                   SELECT 1 FROM runs r WHERE r.zip_sha256 = s.zip_sha256 AND r.state = 'held')
+               GROUP BY s.zip_sha256 ORDER BY block, s.zip_sha256"""
+        )
+        return [(row["zip_sha256"], int(row["block"]), row["target"]) for row in rows]
+
+    def set_architecture_zip(self, zip_sha256: str, architecture_zip: str) -> None:
+        """The canonical ZIP a training variant's runs train on (fixed once: its runs depend on it)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE submissions SET architecture_zip = ? WHERE zip_sha256 = ? AND architecture_zip IS NULL",
+                (architecture_zip, zip_sha256),
+            )
+
+    def architecture_zip_of(self, zip_sha256: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT MAX(architecture_zip) AS z FROM submissions WHERE zip_sha256 = ?", (zip_sha256,)
+        ).fetchone()
+        return row["z"] if row is not None else None
+
     def awaiting_beacon(self) -> list[tuple[str, int]]:
         """(zip, earliest commit block) of admitted ZIPs with a row whose beacon hash is not known yet.
         The earliest commitment of the bytes fixes the beacon, for every hotkey that committed them."""

@@ -24,19 +24,25 @@ logger = logging.getLogger(__name__)
 
 class RunQueue(StoreBase):
     def enqueue_runs(
-        self, keys: Iterable[RunKey], *, commit_block: int = 0, first: RunKey | None = None
+        self,
+        keys: Iterable[RunKey],
+        *,
+        commit_block: int = 0,
+        first: RunKey | None = None,
+        hold: bool = False,
     ) -> int:
         """Queue runs; already known runs (any state) are left alone. Returns how many were new.
 
         With ``first`` (screening), that run is queued in stage 1 and the others are ``held`` in
-        stage 2 until :meth:`release_held` or :meth:`screen_held` decides them.
+        stage 2 until :meth:`release_held` or :meth:`screen_held` decides them. ``hold``: every run
+        is held (a training variant waits for its family's canonical version).
         """
         now = self._clock()
         added = 0
         with self._write() as conn:
             for key in keys:
                 stage, state = (
-                    (1, "queued") if key == first else (2, "held" if first is not None else "queued")
+                    (1, "queued") if key == first else (2, "held" if hold or first is not None else "queued")
                 )
                 cursor = conn.execute(
                     """INSERT OR IGNORE INTO runs (zip_sha256, profile, profile_version, regime, seed,
@@ -219,8 +225,20 @@ class RunQueue(StoreBase):
         paths = [Path(row["manifest_path"]) for row in rows]
         return next((p for p in paths if p.parent.name == run_id), None)
 
+    def pending_reference_runs_until(self, block: int) -> int:
+        """Reference runs not yet ended of submissions committed at or before ``block``: while there
+        are any, the standings of that moment (its canonical versions) may still change."""
+        row = self._conn.execute(
+            """SELECT COUNT(*) AS n FROM runs WHERE recipe_mode = 'reference' AND commit_block <= ?
+               AND state IN ('held', 'queued', 'running')""",
+            (block,),
+        ).fetchone()
+        return int(row["n"])
+
     def run_key_of(self, manifest_path: Path) -> RunKey | None:
-        row = self._conn.execute("SELECT * FROM runs WHERE manifest_path = ?", (str(manifest_path),)).fetchone()
+        row = self._conn.execute(
+            "SELECT * FROM runs WHERE manifest_path = ?", (str(manifest_path),)
+        ).fetchone()
         return row_key(row) if row is not None else None
 
     def _move_held(self, zip_sha256: str, state: str) -> int:

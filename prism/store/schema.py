@@ -147,6 +147,7 @@ ALTER TABLE runs_v3 RENAME TO runs;
 CREATE INDEX runs_by_state ON runs (state, stage, commit_block, id);
 ALTER TABLE submissions ADD COLUMN beacon_hash TEXT;
 ALTER TABLE submissions ADD COLUMN recipe_fingerprint TEXT;
+ALTER TABLE submissions ADD COLUMN architecture_zip TEXT;
 CREATE TABLE paired_evals (
     id INTEGER PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('done', 'failed')),

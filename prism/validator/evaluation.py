@@ -161,6 +161,34 @@ def _needs_other_cells(verdict: SubmissionVerdict, policy: ScoringPolicy) -> boo
     return any((r.recipe_mode, r.regime, r.seed) == cell and r.outcome == "valid" for r in verdict.runs)
 
 
+def canonical_at(result: WeightResult, family_id: str, block: int) -> str | None:
+    """The ZIP of ``family_id``'s canonical version as of ``block`` (its founding, or the last
+    version change committed at or before it), from the replay's ownership events."""
+    zip_sha256 = None
+    for event in result.events:
+        founding_or_version = event.kind in ("family_founded", "canonical_version")
+        if founding_or_version and event.family_id == family_id and event.block <= block:
+            zip_sha256 = event.zip_sha256
+    return zip_sha256
+
+
+def release_variants(store: Store, result: WeightResult) -> dict[str, int]:
+    """Training variants train their family's canonical code as of their commit. Once no reference
+    run committed at or before it is pending, that canonical is final (the same on every
+    validator): the variant's runs are queued on it, or screened if the family did not exist."""
+    counts = {"variants_released": 0, "variants_without_family": 0}
+    for zip_sha256, block, target in store.held_variants():
+        if store.pending_reference_runs_until(block):
+            continue
+        canonical = canonical_at(result, target, block) if target else None
+        if canonical is None:
+            counts["variants_without_family"] += store.screen_held(zip_sha256)
+            continue
+        store.set_architecture_zip(zip_sha256, canonical)
+        counts["variants_released"] += store.release_held(zip_sha256)
+    return counts
+
+
 # --- dispatch -----------------------------------------------------------------------------------
 
 
@@ -194,10 +222,12 @@ def run_task_for(store: Store, key: RunKey, settings: EvaluationSettings) -> Eva
     if settings.require_beacon:
         block, block_hash = store.beacon_of(key.zip_sha256)
         beacon = (block, block_hash)
+    architecture = store.architecture_zip_of(key.zip_sha256)
     return EvaluationTask(
         key=key, zip_path=store.blob_path(key.zip_sha256), profile=settings.profile, data_dir=settings.data_dir,
         data_fingerprint=settings.data_fingerprint, runs_dir=settings.runs_dir, calibration_dir=settings.calibration_dir,
         heldout_seed=None if settings.require_beacon else settings.heldout_seed, beacon=beacon,
+        architecture_zip_path=store.blob_path(architecture) if architecture else None,
     )  # fmt: skip
 
 
@@ -226,9 +256,15 @@ def _paired_task(store: Store, request: EvalRequest, settings: EvaluationSetting
         logger.warning("paired request %s on %s names a run this store does not hold", request.model_run_id,
                        request.run_id)  # fmt: skip
         return None
+    model_architecture = (
+        store.architecture_zip_of(request.model_zip_sha256)
+        if request.model_recipe_mode == "submitted"
+        else None
+    )
     job = PairedJob(request=request, profile_key=result.leaderboard.profile_key,
                     model_zip_path=store.blob_path(request.model_zip_sha256), model_manifest_path=model_manifest,
-                    challenger_manifest_path=challenger_manifest)  # fmt: skip
+                    challenger_manifest_path=challenger_manifest,
+                    model_architecture_zip_path=store.blob_path(model_architecture) if model_architecture else None)  # fmt: skip
     return run_task_for(store, challenger_key, settings).model_copy(update={"paired": job})
 
 

@@ -141,6 +141,8 @@ def admit(
     )  # fmt: skip
     store.record_intake(candidate.sha256, ok=True, zip_path=zip_path)
     runs = planned_runs(submission, profile)
+    if submission.kind == "training_for_arch":  # waits for its family's canonical code (release_variants)
+        return store.enqueue_runs(runs, commit_block=candidate.commit_block, hold=True)
     return store.enqueue_runs(runs, commit_block=candidate.commit_block, first=screening_cell(runs, policy))
 
 

@@ -42,6 +42,7 @@ from prism.validator.evaluation import (
     dispatch,
     record_outcome,
     release_in_flight,
+    release_variants,
 )
 from prism.validator.intake_stage import discover, fetch, intake, register_copies
 from prism.validator.state import LoopState
@@ -146,6 +147,7 @@ def step(parts: ValidatorParts, state: LoopState, stop: threading.Event) -> Loop
     if changed or due or parts.last_result is None:
         parts.last_result = score(parts.store, policy, view)
         screening = apply_screening(parts.store, parts.last_result, policy)
+        screening |= release_variants(parts.store, parts.last_result)
         _emit(parts, "score", {"families": len(parts.last_result.leaderboard.families),
                                "scored_uids": len(parts.last_result.weights), **screening})  # fmt: skip
     if not stop.is_set():

@@ -41,6 +41,9 @@ class PairedJob(_Strict):
     model_zip_path: Path
     model_manifest_path: Path
     challenger_manifest_path: Path
+    model_architecture_zip_path: Path | None = Field(
+        default=None, description="a training variant's model: the canonical ZIP its runs trained on"
+    )
 
 
 class EvaluationTask(_Strict):
@@ -58,6 +61,9 @@ class EvaluationTask(_Strict):
     beacon: tuple[int, str] | None = None
     slots: tuple[DeviceSlot, ...] = ()
     paired: PairedJob | None = None
+    architecture_zip_path: Path | None = Field(
+        default=None, description="a training_for_arch: its family's canonical ZIP (prism.submission.compose)"
+    )
 
     @property
     def label(self) -> str:
@@ -122,6 +128,7 @@ def _run_paired(task: EvaluationTask, job: PairedJob, started: float) -> TaskOut
     model = read_manifest(job.model_manifest_path)
     result = remeasure(
         model_zip=job.model_zip_path, model_manifest=model, model_run_dir=job.model_manifest_path.parent,
+        architecture_zip=job.model_architecture_zip_path,
         challenger=read_manifest(job.challenger_manifest_path), profile=load_profile(task.profile),
         data_dir=task.data_dir, log_dir=task.runs_dir / "paired" / f"{job.request.run_id}--{model.run_id}",
     )  # fmt: skip
@@ -150,6 +157,7 @@ def run_task(task: EvaluationTask) -> TaskOutcome:
             task.zip_path, profile=load_profile(task.profile), data_dir=task.data_dir, out_dir=task.runs_dir,
             recipe_mode=key.recipe_mode, regimes=[key.regime], seeds=[key.seed], heldout_seed=task.heldout_seed,
             attempt=0, progress=False, calibration_dir=task.calibration_dir, beacon=task.beacon,
+            architecture_from=task.architecture_zip_path,
         )  # fmt: skip
         return _outcome_from_manifest(task, manifests[0].run_id, started)
     except SubmissionError as exc:

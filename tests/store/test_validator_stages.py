@@ -176,3 +176,36 @@ def test_paired_requests_are_dispatched_once_before_new_runs(tmp_path: Path, kno
             assert task.paired is not None and task.paired.request == request
             assert task.paired.model_manifest_path == tmp_path / "runs" / "a-reference-small-0" / MANIFEST_FILENAME
             assert task.key.zip_sha256 == sha("b") and task.paired.model_zip_path == store.blob_path(sha("a"))
+
+
+def test_a_training_variant_waits_for_the_canonical_of_its_commit_and_then_trains_on_it(tmp_path: Path) -> None:
+    from prism.validator.evaluation import release_variants
+
+    def variant(label: str, hotkey: str, block: int, target: str) -> None:
+        store.upsert_submission(hotkey=hotkey, zip_sha256=sha(label), commit_block=block, kind="training_for_arch",
+                                target_architecture_id=target)  # fmt: skip
+        store.record_intake(sha(label), ok=True)
+        store.enqueue_runs([k.model_copy(update={"zip_sha256": sha(label), "recipe_mode": "submitted"})
+                            for k in keys(label)], commit_block=block, hold=True)  # fmt: skip
+
+    with Store.open(tmp_path / "state") as store:
+        admit(store, "a", "alice", 1)
+        variant("v", "bob", 2, "A")
+        variant("w", "carol", 2, "Nope")
+        store.release_held(sha("a"))  # alice's first cell passed screening
+        result = compute_weights(store.records_for_scoring(PROFILE, PROFILE_VERSION), POLICY, UIDS, 10)
+        assert release_variants(store, result) == {"variants_released": 0, "variants_without_family": 0}
+        assert {k.zip_sha256 for k in claim_all(store)} == {sha("a")}  # the variants' runs wait
+        for manifest in full_grid("a", grid((1.0, 1.0), (1.0, 1.0)), family="A", version="A1"):
+            finish(store, tmp_path / "runs", manifest)
+        result = compute_weights(store.records_for_scoring(PROFILE, PROFILE_VERSION), POLICY, UIDS, 10)
+        assert release_variants(store, result) == {"variants_released": 4, "variants_without_family": 4}
+        assert store.architecture_zip_of(sha("v")) == sha("a")  # the family's canonical as of block 2
+        settings = EvaluationSettings(profile="p", data_dir=tmp_path, data_fingerprint=None, runs_dir=tmp_path / "r",
+                                      calibration_dir=tmp_path / "c", heldout_seed=7, max_attempts=3,
+                                      require_beacon=False)  # fmt: skip
+        pool = RecordingPool()
+        dispatch(store, pool, settings, result, LoopState(), paused=False)
+        (task,) = pool.submitted
+        assert task.key.zip_sha256 == sha("v") and task.architecture_zip_path == store.blob_path(sha("a"))
+        assert {r.state for r in store.runs(sha("w"))} == {"screened"}  # no such family: it cannot score
