@@ -39,9 +39,11 @@ from prism.profiles import Profile, Regime
 
 logger = logging.getLogger(__name__)
 
-SHORT_FRACTION, LONG_FRACTION = 0.03, 0.12
-MIN_SHORT_STEPS, MIN_LONG_STEPS = 4, 16
-SCHEMA = "prism_calibration.v1"
+#: The two reference runs: far enough apart that the start-up's jitter does not swamp the cost
+#: per token (12 steps apart it varied 10x between sessions; the attack corpus measured it).
+SHORT_FRACTION, LONG_FRACTION = 0.05, 0.4
+MIN_SHORT_STEPS, MIN_LONG_STEPS, MIN_GAP_STEPS = 4, 32, 8
+SCHEMA = "prism_calibration.v2"
 
 
 class Calibration(BaseModel):
@@ -108,11 +110,26 @@ def calibration_key(profile: Profile, regime: Regime, nproc: int, hardware: dict
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _steps(regime: Regime) -> tuple[int, int]:
+def _steps(regime: Regime) -> tuple[int, ...]:
+    """Step counts of the reference runs: two, or one (the whole run) when the regime is too short
+    to put two far enough apart."""
     total = reference_steps(regime)
     short = min(total, max(MIN_SHORT_STEPS, round(SHORT_FRACTION * total)))
-    long = min(total, max(MIN_LONG_STEPS, short + 1, round(LONG_FRACTION * total)))
-    return short, long
+    long = min(total, max(MIN_LONG_STEPS, short + MIN_GAP_STEPS, round(LONG_FRACTION * total)))
+    return (short, long) if long - short >= MIN_GAP_STEPS else (total,)
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(fixed seconds, seconds per token). With one point, or two whose difference is noise (the
+    longer run measured no more), everything is charged per token: the estimate is then exact at
+    the measured length and conservative below it."""
+    (t2, s2) = points[-1]
+    if len(points) == 2:
+        t1, s1 = points[0]
+        if t2 > t1 and s2 > s1:
+            per_token = (s2 - s1) / (t2 - t1)
+            return max(0.0, s1 - per_token * t1), per_token
+    return 0.0, max(s2 / max(t2, 1), 1e-12)
 
 
 def _measure(
@@ -187,10 +204,11 @@ def calibrate(
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    (t1, s1, kind), (t2, s2, _) = points
-    per_token = max((s2 - s1) / max(t2 - t1, 1), 1e-12)
+    kind = points[0][2]
+    measured = [(tokens, seconds) for tokens, seconds, _ in points]
+    fixed, per_token = _fit(measured)
     calibration = Calibration(
-        key=key, kind=kind, fixed_s=max(0.0, s1 - per_token * t1), per_token_s=per_token, points=[(t1, s1), (t2, s2)],
+        key=key, kind=kind, fixed_s=fixed, per_token_s=per_token, points=measured,
         hardware=hardware, measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )  # fmt: skip
     cache_dir.mkdir(parents=True, exist_ok=True)
