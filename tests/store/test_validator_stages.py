@@ -50,6 +50,12 @@ def finish(store: Store, root: Path, manifest: RunManifest) -> None:
     store.finish_run(key, path, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
+def make_settings(tmp_path: Path, *, require_beacon: bool) -> EvaluationSettings:
+    return EvaluationSettings(profile="p", data_dir=tmp_path, data_fingerprint=None, runs_dir=tmp_path / "r",
+                              calibration_dir=tmp_path / "c", heldout_seed=7, max_attempts=3,
+                              require_beacon=require_beacon)  # fmt: skip
+
+
 def claim_all(store: Store) -> list[RunKey]:
     claimed = []
     while (key := store.claim_next_run()) is not None:
@@ -104,9 +110,7 @@ def test_official_runs_wait_for_the_beacon_block_and_carry_its_hash(tmp_path: Pa
     with Store.open(tmp_path / "state") as store:
         commit = sync(chain).block
         admit(store, "a", "alice", commit)
-        settings = EvaluationSettings(profile="p", data_dir=tmp_path, data_fingerprint=None, runs_dir=tmp_path / "r",
-                                      calibration_dir=tmp_path / "c", heldout_seed=7, max_attempts=3,
-                                      require_beacon=True)  # fmt: skip
+        settings = make_settings(tmp_path, require_beacon=True)
         assert refresh_beacons(store, chain, sync(chain)) == 0  # the beacon block does not exist yet
         assert store.claim_next_run(require_beacon=True) is None
         now[0] += BEACON_DELAY_BLOCKS + 1
@@ -164,9 +168,7 @@ def test_paired_requests_are_dispatched_once_before_new_runs(tmp_path: Path, kno
         result = result.model_copy(update={"leaderboard": result.leaderboard.model_copy(update={"comparisons": (
             result.leaderboard.comparisons[0].model_copy(update={"state": "pending", "requests": (request,)}),
         ) if result.leaderboard.comparisons else ()})})  # fmt: skip
-        settings = EvaluationSettings(profile="p", data_dir=tmp_path, data_fingerprint=None, runs_dir=tmp_path / "r",
-                                      calibration_dir=tmp_path / "c", heldout_seed=7, max_attempts=3,
-                                      require_beacon=False)  # fmt: skip
+        settings = make_settings(tmp_path, require_beacon=False)
         pool = RecordingPool()
         dispatch(store, pool, settings, result, LoopState(), paused=False)
         (task,) = pool.submitted
@@ -201,9 +203,7 @@ def test_a_training_variant_waits_for_the_canonical_of_its_commit_and_then_train
         result = compute_weights(store.records_for_scoring(PROFILE, PROFILE_VERSION), POLICY, UIDS, 10)
         assert release_variants(store, result) == {"variants_released": 4, "variants_without_family": 4}
         assert store.architecture_zip_of(sha("v")) == sha("a")  # the family's canonical as of block 2
-        settings = EvaluationSettings(profile="p", data_dir=tmp_path, data_fingerprint=None, runs_dir=tmp_path / "r",
-                                      calibration_dir=tmp_path / "c", heldout_seed=7, max_attempts=3,
-                                      require_beacon=False)  # fmt: skip
+        settings = make_settings(tmp_path, require_beacon=False)
         pool = RecordingPool()
         dispatch(store, pool, settings, result, LoopState(), paused=False)
         (task,) = pool.submitted
