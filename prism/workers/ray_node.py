@@ -5,14 +5,15 @@ Nothing here imports Ray at module level, and only JSON text and bytes cross the
 requirements the validator holds the node to, and back a ``NodeResult`` (JSON) plus the run
 directory as a deterministic tar (:mod:`prism.workers.run_archive`). A paired re-measurement
 also receives the two manifests and the model's weights, described by a ``PairedPayload``
-(:mod:`prism.workers.ray_paired`), and ships back only its outcome (per-window nats).
+(:mod:`prism.workers.ray_paired`), and ships back only its outcome (per-window nats). A training
+variant's task also receives its family's canonical ZIP (``architecture_json`` describes it).
 
 Before a run the node must match the validator: the same prepared data (the fingerprint is the
 sha256 of the data dir's MANIFEST.json), the same evaluator version and torch, and a sandbox at
 least as strong. A node that does not is an infrastructure failure (``ray.data_mismatch``,
 ``ray.version_mismatch``, ``ray.sandbox_mismatch``), never the miner's. The ZIP is checked against
-its sha256 before it is written to the node's scratch (``ray.zip_mismatch``), and so is every
-file of a paired task (``ray.payload_mismatch``). The run happens in a scratch directory of its
+its sha256 before it is written to the node's scratch (``ray.zip_mismatch``; so is a canonical
+ZIP), and so is every file of a paired task (``ray.payload_mismatch``). The run happens in a scratch directory of its
 own under the node's PRISM cache, removed afterwards: nothing on a worker writes into the
 validator's store.
 """
@@ -32,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism.errors import InfrastructureFault, PrismError
-from prism.workers.ray_paired import PairedPayload, land_paired
+from prism.workers.ray_paired import PairedPayload, land_architecture, land_paired
 from prism.workers.run_archive import pack_run_dir, remove_tree
 from prism.workers.tasks import EvaluationTask, PairedJob, TaskOutcome, run_task
 
@@ -195,30 +196,34 @@ PairedArrival = tuple[str, tuple[bytes, bytes, bytes]]
 
 
 def _remeasure_here(
-    job: PairedJob, local: EvaluationTask, paired: PairedArrival | None, scratch: Path, worker: str
-) -> NodeResult:
+    job: PairedJob, local: EvaluationTask, paired: PairedArrival | None, scratch: Path, worker: str,
+    architecture: Path | None,
+) -> NodeResult:  # fmt: skip
     """A paired task: land its files, re-measure, answer in the validator's terms (its paths)."""
     if paired is None:
         raise InfrastructureFault(f"{local.label} arrived without its files", code="ray.payload_mismatch")
     payload_json, files = paired
-    here = land_paired(job, PairedPayload.model_validate_json(payload_json), files,
-                       zip_path=local.zip_path, scratch=scratch, label=local.label)  # fmt: skip
+    here = land_paired(job, PairedPayload.model_validate_json(payload_json), files, zip_path=local.zip_path,
+                       architecture_zip=architecture, scratch=scratch, label=local.label)  # fmt: skip
     outcome = run_task(local.model_copy(update={"paired": here}))
     return NodeResult(outcome=outcome.model_copy(update={"worker": worker, "paired": job}))
 
 
 def _evaluate_here(
-    task: EvaluationTask, zip_bytes: bytes, scratch: Path, max_bytes: int, paired: PairedArrival | None
-) -> tuple[NodeResult, bytes]:
+    task: EvaluationTask, zip_bytes: bytes, scratch: Path, max_bytes: int, paired: PairedArrival | None,
+    architecture: tuple[str, bytes] | None,
+) -> tuple[NodeResult, bytes]:  # fmt: skip
     from prism.evaluator.plan import default_calibration_dir
 
+    zip_path = _write_zip(task, zip_bytes, scratch)
+    architecture_zip = land_architecture(task, architecture, scratch)
     local = task.model_copy(update={
-        "zip_path": _write_zip(task, zip_bytes, scratch), "runs_dir": scratch / "runs",
-        "calibration_dir": default_calibration_dir(), "slots": (),
+        "zip_path": zip_path, "runs_dir": scratch / "runs", "calibration_dir": default_calibration_dir(),
+        "slots": (), "architecture_zip_path": None if task.paired is not None else architecture_zip,
     })  # fmt: skip
     worker = f"ray node {node_name()} pid {os.getpid()}"
     if task.paired is not None:  # no run directory: only the outcome (per-window nats) goes back
-        return _remeasure_here(task.paired, local, paired, scratch, worker), b""
+        return _remeasure_here(task.paired, local, paired, scratch, worker, architecture_zip), b""
     outcome = run_task(local).model_copy(update={"worker": worker})
     run_dirs = (
         sorted(p for p in local.runs_dir.glob("run-*") if p.is_dir()) if local.runs_dir.is_dir() else []
@@ -254,11 +259,12 @@ def sweep_stale_scratch(root: Path) -> list[Path]:
 def run_on_node(
     task_json: str, zip_bytes: bytes, requirements_json: str, max_result_bytes: int,
     paired_json: str | None = None, model_manifest: bytes = b"", weights: bytes = b"",
-    challenger_manifest: bytes = b"",
+    challenger_manifest: bytes = b"", *, architecture_json: str | None = None, architecture_zip: bytes = b"",
 ) -> tuple[str, bytes]:  # fmt: skip
     """A Ray task: evaluate one cell (or, with ``paired_json`` and the files it describes, one
-    paired re-measurement) on this node. Returns (``NodeResult`` JSON, run dir tar; empty for a
-    paired task)."""
+    paired re-measurement) on this node; a training variant's with its canonical ZIP
+    (``architecture_zip``, described by a ``ShippedFile`` in ``architecture_json``). Returns
+    (``NodeResult`` JSON, run dir tar; empty for a paired task)."""
     from prism.evaluator.plan import cache_dir
     from prism.workers.worker import die_with_parent
 
@@ -276,7 +282,8 @@ def run_on_node(
             raise problems[0]
         scratch.mkdir(parents=True)
         paired = (paired_json, (model_manifest, weights, challenger_manifest)) if paired_json else None
-        result, archive = _evaluate_here(task, zip_bytes, scratch, max_result_bytes, paired)
+        architecture = (architecture_json, architecture_zip) if architecture_json is not None else None
+        result, archive = _evaluate_here(task, zip_bytes, scratch, max_result_bytes, paired, architecture)
     except PrismError as exc:
         result, archive = _infra(task, exc, started, node), b""
     except OSError as exc:  # the node's scratch disk, not the run

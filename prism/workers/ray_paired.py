@@ -1,4 +1,4 @@
-"""What a paired re-measurement needs on a Ray node, read on the validator and landed on the node.
+"""What a task needs on a Ray node besides its ZIP, read on the validator and landed on the node.
 
 A paired task (``EvaluationTask.paired``) names files in the validator's store: the model's ZIP,
 the model run's manifest with its weights next to it (``weights/weights.safetensors``), and the
@@ -9,6 +9,11 @@ every file against that description before writing it into its scratch, laid out
 lays out a run directory, and gets back the ``PairedJob`` with its own paths. A file that arrives
 different from what the validator read is ``ray.payload_mismatch``; a file over the bound is
 ``ray.payload_too_large``: both infrastructure faults, never the miner's.
+
+A training variant's task (a ``training_for_arch`` run, or the paired re-measurement of its
+weights) also names its family's canonical ZIP (``architecture_zip_of``). It travels like the run's
+ZIP, keyed by the sha256 of its bytes as the validator read them (never by its file name), and the
+node checks it against that description before writing it into its scratch (``ray.zip_mismatch``).
 
 Nothing here imports Ray.
 """
@@ -24,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from prism.errors import InfrastructureFault
 from prism.evaluator.context import WEIGHTS_FILENAME
 from prism.manifest import MANIFEST_FILENAME
-from prism.workers.tasks import PairedJob
+from prism.workers.tasks import EvaluationTask, PairedJob
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,46 @@ class PairedPayload(_Strict):
     model_manifest: ShippedFile
     weights: ShippedFile
     challenger_manifest: ShippedFile
+
+
+def architecture_zip_of(task: EvaluationTask) -> Path | None:
+    """The canonical ZIP a training variant's task composes its code onto (a validator's path)."""
+    return task.paired.model_architecture_zip_path if task.paired is not None else task.architecture_zip_path
+
+
+def read_zip(path: Path, sha256: str | None = None) -> tuple[bytes, ShippedFile]:
+    """A ZIP's bytes and description, checked against ``sha256`` where a run key (or request) names it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InfrastructureFault(f"cannot read {path}: {exc}", code="ray.zip_unreadable") from exc
+    file = ShippedFile.of(data)
+    if sha256 is not None and file.sha256 != sha256:
+        raise InfrastructureFault(
+            f"{path} has sha256 {file.sha256}, its run key says {sha256}", code="ray.zip_mismatch"
+        )
+    return data, file
+
+
+def land_architecture(task: EvaluationTask, arrived: tuple[str, bytes] | None, scratch: Path) -> Path | None:
+    """The task's canonical ZIP in the node's scratch, checked against what the validator read
+    (``arrived``: its ``ShippedFile`` JSON and bytes); None for a task that needs none."""
+    if architecture_zip_of(task) is None:
+        return None
+    if arrived is None:
+        raise InfrastructureFault(
+            f"{task.label} arrived without its architecture ZIP", code="ray.zip_mismatch"
+        )
+    wanted, got = ShippedFile.model_validate_json(arrived[0]), ShippedFile.of(arrived[1])
+    if got != wanted:
+        raise InfrastructureFault(
+            f"the architecture ZIP received for {task.label} has sha256 {got.sha256} ({got.size} bytes); "
+            f"the validator sent {wanted.sha256} ({wanted.size} bytes)", code="ray.zip_mismatch",
+        )  # fmt: skip
+    path = scratch / "architecture" / f"{got.sha256}.zip"
+    path.parent.mkdir()
+    path.write_bytes(arrived[1])
+    return path
 
 
 def weights_path(run_dir: Path) -> Path:
@@ -98,10 +143,11 @@ def _check(what: str, data: bytes, wanted: ShippedFile, label: str) -> None:
 
 def land_paired(
     job: PairedJob, payload: PairedPayload, files: tuple[bytes, bytes, bytes], *, zip_path: Path,
-    scratch: Path, label: str,
+    architecture_zip: Path | None, scratch: Path, label: str,
 ) -> PairedJob:  # fmt: skip
     """Check ``files`` (model manifest, weights, challenger manifest) against ``payload`` and write
-    them under ``scratch`` as run directories; the job with the node's paths."""
+    them under ``scratch`` as run directories; the job with the node's paths (``zip_path`` and
+    ``architecture_zip`` already landed there)."""
     model_manifest, weights, challenger_manifest = files
     _check("model manifest", model_manifest, payload.model_manifest, label)
     _check("weights", weights, payload.weights, label)
@@ -115,7 +161,8 @@ def land_paired(
     weights_file.chmod(0o444)  # as in the validator's store
     (challenger_dir / MANIFEST_FILENAME).write_bytes(challenger_manifest)
     return job.model_copy(update={
-        "model_zip_path": zip_path, "model_manifest_path": model_dir / MANIFEST_FILENAME,
+        "model_zip_path": zip_path, "model_architecture_zip_path": architecture_zip,
+        "model_manifest_path": model_dir / MANIFEST_FILENAME,
         "challenger_manifest_path": challenger_dir / MANIFEST_FILENAME,
     })  # fmt: skip
 
@@ -124,8 +171,11 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "PairedPayload",
     "ShippedFile",
+    "architecture_zip_of",
+    "land_architecture",
     "land_paired",
     "read_manifests",
     "read_shipped",
+    "read_zip",
     "weights_path",
 ]

@@ -13,7 +13,8 @@ it to ``task.runs_dir/<run_id>`` and checks the manifest's sha256 there, so outc
 copy. A paired re-measurement (``task.paired``) ships the model's ZIP the same way, plus the two
 manifests and the model's weights (:mod:`prism.workers.ray_paired`: each checked on the node
 against the sha256 and size the validator read, each at most ``max_payload_bytes``; the weights
-are one object per model run while tasks use them), and gets back only its outcome. The pool's
+are one object per model run while tasks use them), and gets back only its outcome. A training
+variant's task also ships its family's canonical ZIP, keyed by the sha256 of its bytes. The pool's
 slots are logical (``workers``; by default what the cluster can run at once): Ray decides where
 each task runs and which GPUs it sees.
 
@@ -38,7 +39,7 @@ from prism.manifest import MANIFEST_FILENAME
 from prism.store import RunKey
 from prism.workers import ray_node, ray_paired
 from prism.workers.ray_connect import Device, capable_nodes, import_ray, join
-from prism.workers.ray_paired import DEFAULT_MAX_PAYLOAD_BYTES, PairedPayload, ShippedFile
+from prism.workers.ray_paired import DEFAULT_MAX_PAYLOAD_BYTES, PairedPayload, ShippedFile, read_zip
 from prism.workers.run_archive import DEFAULT_MAX_RESULT_BYTES, unpack_run_dir
 from prism.workers.slots import DeviceSlot
 from prism.workers.tasks import EvaluationTask, PairedJob, TaskOutcome
@@ -201,14 +202,14 @@ class RayPool:
             return False
         task = task.model_copy(update={"slots": tuple(free[:slots_needed])})
         try:
-            arguments, held = self._arguments(task)
+            arguments, extra, held = self._arguments(task)
         except InfrastructureFault as exc:
             self._ready.append((task, _fault(task, exc, time.monotonic())))
             return True
         ref = self._remote.options(
             num_cpus=self.cpus_per_slot * slots_needed, num_gpus=slots_needed if self.device == "cuda" else 0,
             max_retries=0, retry_exceptions=False, name=f"prism-eval {task.label}",
-        ).remote(task.model_dump_json(), *arguments)  # fmt: skip
+        ).remote(task.model_dump_json(), *arguments, **extra)  # fmt: skip
         self._next += 1
         self._running[self._next] = _Running(task, ref, time.monotonic(), held)
         logger.info("submitted %s to Ray (%d %s slots)", task.label, slots_needed, self.device)
@@ -263,33 +264,47 @@ class RayPool:
         })  # fmt: skip
         return wanted.model_dump_json()
 
-    def _arguments(self, task: EvaluationTask) -> tuple[list[Any], tuple[str, ...]]:
-        """The Ray task's arguments after the task's JSON, and the held objects they use."""
-        if task.paired is not None:
-            return self._paired_arguments(task, task.paired)
-        sha = task.key.zip_sha256
-        key = self._hold(f"zip:{sha}", lambda: _read_zip(sha, task.zip_path))
-        return [self._held[key].ref, self._requirements_for(task), self.max_result_bytes], (key,)
-
-    def _paired_arguments(self, task: EvaluationTask, job: PairedJob) -> tuple[list[Any], tuple[str, ...]]:
-        """The model's ZIP and weights (held objects), both manifests, and what the node checks."""
-        sha, weights = job.request.model_zip_sha256, ray_paired.weights_path(job.model_manifest_path.parent)
+    def _arguments(self, task: EvaluationTask) -> tuple[list[Any], dict[str, Any], tuple[str, ...]]:
+        """The Ray task's arguments after the task's JSON (positional, keyword) and the held
+        objects they use (let go again when reading one of them fails)."""
         held: list[str] = []
         try:
-            held.append(self._hold(f"zip:{sha}", lambda: _read_zip(sha, job.model_zip_path)))
-            held.append(self._hold(f"weights:{weights}", lambda: ray_paired.read_shipped(
-                weights, what=f"the weights of run {job.request.model_run_id}", max_bytes=self.max_payload_bytes,
-                missing_code="paired.no_weights")))  # fmt: skip
-            model, challenger = ray_paired.read_manifests(job, self.max_payload_bytes)
+            if task.paired is not None:
+                arguments = self._paired_arguments(task, task.paired, held)
+            else:
+                sha = task.key.zip_sha256
+                held.append(self._hold(f"zip:{sha}", lambda: read_zip(task.zip_path, sha)))
+                arguments = [self._held[held[0]].ref, self._requirements_for(task), self.max_result_bytes]
+            extra = self._architecture_arguments(task, held)
         except InfrastructureFault:
             for key in held:
                 self._release(key)
             raise
+        return arguments, extra, tuple(held)
+
+    def _paired_arguments(self, task: EvaluationTask, job: PairedJob, held: list[str]) -> list[Any]:
+        """The model's ZIP and weights (held objects), both manifests, and what the node checks."""
+        sha, weights = job.request.model_zip_sha256, ray_paired.weights_path(job.model_manifest_path.parent)
+        held.append(self._hold(f"zip:{sha}", lambda: read_zip(job.model_zip_path, sha)))
+        held.append(self._hold(f"weights:{weights}", lambda: ray_paired.read_shipped(
+            weights, what=f"the weights of run {job.request.model_run_id}", max_bytes=self.max_payload_bytes,
+            missing_code="paired.no_weights")))  # fmt: skip
+        model, challenger = ray_paired.read_manifests(job, self.max_payload_bytes)
         zip_held, weights_held = self._held[held[0]], self._held[held[1]]
         payload = PairedPayload(model_manifest=ShippedFile.of(model), weights=weights_held.file,
                                 challenger_manifest=ShippedFile.of(challenger))  # fmt: skip
         return [zip_held.ref, self._requirements_for(task), self.max_result_bytes, payload.model_dump_json(),
-                model, weights_held.ref, challenger], tuple(held)  # fmt: skip
+                model, weights_held.ref, challenger]  # fmt: skip
+
+    def _architecture_arguments(self, task: EvaluationTask, held: list[str]) -> dict[str, Any]:
+        """A training variant's canonical ZIP (a held object keyed by the sha256 of its bytes,
+        never by its file name) and its description, for the node to check."""
+        path = ray_paired.architecture_zip_of(task)
+        if path is None:
+            return {}
+        data, file = read_zip(path)
+        held.append(self._hold(f"zip:{file.sha256}", lambda: (data, file)))
+        return {"architecture_json": file.model_dump_json(), "architecture_zip": self._held[held[-1]].ref}
 
     def _hold(self, key: str, read: Callable[[], tuple[bytes, ShippedFile]]) -> str:
         """Put a file into Ray's object store once (read and checked once) while tasks use it."""
@@ -335,20 +350,6 @@ class RayPool:
             )
         logger.warning("%s", fault)
         return _fault(running.task, fault, running.started)
-
-
-def _read_zip(sha: str, path: Path) -> tuple[bytes, ShippedFile]:
-    """A ZIP's bytes, checked against the sha256 its run key (or paired request) names."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InfrastructureFault(f"cannot read {path}: {exc}", code="ray.zip_unreadable") from exc
-    file = ShippedFile.of(data)
-    if file.sha256 != sha:
-        raise InfrastructureFault(
-            f"{path} has sha256 {file.sha256}, its run key says {sha}", code="ray.zip_mismatch"
-        )
-    return data, file
 
 
 def _fault(task: EvaluationTask, exc: InfrastructureFault, started: float) -> TaskOutcome:

@@ -202,6 +202,33 @@ def test_nodes_without_the_same_data_are_refused(
     assert (outcomes[broken.key].state, outcomes[broken.key].code) == ("infra_fault", "ray.zip_mismatch")
 
 
+@pytest.mark.slow
+def test_a_training_variant_ships_its_canonical_zip_keyed_by_its_bytes(
+    connect, ray_cluster, data_dir, tmp_path
+) -> None:
+    pool = connect(data_dir)
+    canonical = tmp_path / "store" / "not-its-sha256.zip"  # the pool keys it by its bytes, not its name
+    canonical.parent.mkdir()
+    canonical_sha = pack_to(ROOT / "examples" / "gpt", canonical)
+    variant = tmp_path / "gpt_recipe.zip"
+    sha = pack_to(ROOT / "examples" / "gpt_recipe", variant)
+    key = RunKey(zip_sha256=sha, profile="test_tiny", profile_version=1, regime="tiny", seed=7,
+                 recipe_mode="submitted")  # fmt: skip
+    task = EvaluationTask(key=key, zip_path=variant, profile=str(TINY), data_dir=data_dir, runs_dir=tmp_path / "runs",
+                          calibration_dir=tmp_path / "calibration", architecture_zip_path=canonical)  # fmt: skip
+    assert pool.submit(task)
+    assert sorted(pool._held) == sorted([f"zip:{sha}", f"zip:{canonical_sha}"])
+    variant.unlink()
+    canonical.unlink()  # the node got both ZIPs' bytes, not the validator's paths
+    [outcome] = _wait(pool, 1)
+    assert (outcome.state, outcome.run_status) == ("finished", "succeeded"), outcome
+    assert outcome.manifest_path is not None and outcome.manifest_path.parent.parent == tmp_path / "runs"
+    submission = read_manifest(outcome.manifest_path).submission
+    assert submission.architecture_zip_sha256 == canonical_sha and submission.kind == "training_for_arch"
+    assert list((ray_cluster.cache_dir / "ray-scratch").iterdir()) == []
+    assert pool._held == {} and pool.in_flight() == []
+
+
 # -- paired re-measurements ---------------------------------------------------------------------
 
 
@@ -419,6 +446,29 @@ def test_a_node_checks_the_zip_and_the_data_before_running(tmp_path, data_dir) -
     older = _node_call(task, task.zip_path.read_bytes(), right, code="0" * 64).outcome
     assert (older.state, older.code) == ("infra_fault", "ray.version_mismatch")
     assert ray_node.code_fingerprint()[:16] in (older.message or "")
+    scratch = Path(os.environ["PRISM_CACHE_DIR"]) / "ray-scratch"
+    assert not scratch.exists() or list(scratch.iterdir()) == []
+
+
+def test_a_node_checks_a_training_variants_canonical_zip(tmp_path, data_dir) -> None:
+    task = _task(tmp_path, data_dir, "gpt_recipe")
+    canonical = tmp_path / "gpt-canonical.zip"
+    pack_to(ROOT / "examples" / "gpt", canonical)
+    task = task.model_copy(update={"architecture_zip_path": canonical})
+    data = canonical.read_bytes()
+    wanted = ray_node.WorkerRequirements(
+        data_dir=data_dir, data_fingerprint=ray_node.data_fingerprint(data_dir),
+        evaluator_version=ray_node.evaluator_version(), code_sha256=ray_node.code_fingerprint(),
+        torch_version=ray_node.torch_version(), isolation=ray_node.isolation_mode(),
+    ).model_dump_json()  # fmt: skip
+    described, tampered = ray_paired.ShippedFile.of(data).model_dump_json(), data[:-1] + bytes([data[-1] ^ 1])
+    for kwargs in ({}, {"architecture_json": described, "architecture_zip": tampered}):  # none, or changed
+        result_json, archive = ray_node.run_on_node(
+            task.model_dump_json(), task.zip_path.read_bytes(), wanted, 1 << 20, **kwargs
+        )
+        outcome = ray_node.NodeResult.model_validate_json(result_json).outcome
+        assert (outcome.state, outcome.code, archive) == ("infra_fault", "ray.zip_mismatch", b""), outcome
+        assert "architecture ZIP" in (outcome.message or "")
     scratch = Path(os.environ["PRISM_CACHE_DIR"]) / "ray-scratch"
     assert not scratch.exists() or list(scratch.iterdir()) == []
 
