@@ -150,23 +150,20 @@ def _common_flags(config: LocalnetConfig, chain_path: Path, wallet_name: str) ->
 def start_miners(
     config: LocalnetConfig, chain_path: Path, wallets: dict[str, Any], neurons: list[Neuron]
 ) -> None:
-    """Architecture miners first; training variants once their target family is on chain.
-
-    A ``training_for_arch`` submission targets a family that already exists: a variant committed
-    in an earlier block than its family is refused by scoring (``training.unknown_target``).
+    """One miner at a time, in the configured order, each once the previous one's commitment
+    landed: the demo's submission order (and so who leads, who is screened against whom, and
+    which family a training variant finds) is the same on every run. Architecture miners come
+    first: a ``training_for_arch`` committed before its family exists is refused by scoring
+    (``training.unknown_target``).
     """
     from prism.submission import load_submission
 
     variants = {m.name for m in config.miners if load_submission(m.submission).kind == "training_for_arch"}
+    ordered = [m for m in config.miners if m.name not in variants] + [m for m in config.miners if m.name in variants]
     # Appended one by one so the caller can stop whatever started if a later step fails.
-    for miner in config.miners:
-        if miner.name not in variants:
-            neurons.append(_start_miner(config, chain_path, miner))
-    if variants:
-        _wait_for_commitments(config, chain_path, [wallets[n.name] for n in neurons], neurons)
-        for miner in config.miners:
-            if miner.name in variants:
-                neurons.append(_start_miner(config, chain_path, miner))
+    for miner in ordered:
+        neurons.append(_start_miner(config, chain_path, miner))
+        _wait_for_commitments(config, chain_path, [wallets[miner.name]], neurons)
 
 
 def _start_miner(config: LocalnetConfig, chain_path: Path, miner: MinerSpec) -> Neuron:
