@@ -228,8 +228,10 @@ def start_validator(config: LocalnetConfig, chain_path: Path, data_dir: Path) ->
 
 
 def _finished(status: ValidatorStatus | None, expected_submissions: int) -> bool:
-    """Every submission evaluated, nothing pending, and weights set after the last result."""
+    """Every submission evaluated, no run or re-measurement pending, weights set after the last result."""
     if status is None or status.submissions < expected_submissions or status.pending_runs:
+        return False
+    if status.pending_paired or status.evaluation.in_flight:
         return False
     return status.weights_current and status.last_weights_block is not None
 

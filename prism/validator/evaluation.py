@@ -247,6 +247,13 @@ def _wanted_paired(store: Store, pool: Pool, result: WeightResult, settings: Eva
     return wanted
 
 
+def outstanding_paired(store: Store, pool: Pool, result: WeightResult | None, settings: EvaluationSettings,
+                       state: LoopState) -> int:  # fmt: skip
+    """Paired re-measurements the last scoring asked for that are not finished: in flight or wanted."""
+    running = sum(1 for t in pool.in_flight() if t.paired)
+    return running + (len(_wanted_paired(store, pool, result, settings, state)) if result is not None else 0)
+
+
 def _paired_task(store: Store, request: EvalRequest, settings: EvaluationSettings,
                  result: WeightResult | None) -> EvaluationTask | None:  # fmt: skip
     model_manifest = store.manifest_of_run(request.model_run_id)

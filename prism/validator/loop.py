@@ -40,6 +40,7 @@ from prism.validator.evaluation import (
     Pool,
     apply_screening,
     dispatch,
+    outstanding_paired,
     record_outcome,
     release_in_flight,
     release_variants,
@@ -173,6 +174,7 @@ def build_status(parts: ValidatorParts, view: ChainView, state: LoopState) -> Va
     return ValidatorStatus(
         hotkey=parts.hotkey, block=view.block, step=state.step, submissions=len(parts.store.submissions()),
         runs=by_state, pending_runs=sum(by_state.get(s, 0) for s in ("held", "queued", "running")),
+        pending_paired=outstanding_paired(parts.store, parts.pool, parts.last_result, parts.settings, state),
         evaluation=EvaluationStats(
             backend=parts.pool.name, slots=len(parts.pool.slots),
             in_flight=in_flight, finished_runs=len(seconds),

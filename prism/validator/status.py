@@ -45,6 +45,7 @@ class ValidatorStatus(BaseModel):
     submissions: int
     runs: dict[str, int] = Field(description="runs by queue state")
     pending_runs: int = Field(description="runs still to do: held, queued or running")
+    pending_paired: int = Field(default=0, description="paired re-measurements still to do: wanted or running")
     evaluation: EvaluationStats
     last_weights_block: int | None = None
     last_weights: dict[str, float] = Field(default_factory=dict)
