@@ -3,7 +3,10 @@
 The slow test reads the store of a real `prism localnet` run (three example miners, a validator
 that trained, scored and set weights), checks the families the page shows against what
 `prism leaderboard --json` reads from the same store, and takes the screenshot in the docs
-(set PRISM_LEADERBOARD_SCREENSHOT_DIR=docs/img to refresh it).
+(set PRISM_LEADERBOARD_SCREENSHOT_DIR=docs/img to refresh it). The same localnet store then
+serves a training miner's path, offline: fetch the family from the validator's leaderboard and
+train the starter in the sandbox on that family (in this module so that one localnet run, a
+module fixture, serves both).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from leaderboard_helpers import HOSTILE_HOTKEY, REPO
+from leaderboard_helpers import HOSTILE_HOTKEY, REPO, TINY_PROFILE
+
+from prism.evaluator.host import evaluate
+from prism.profiles import load_profile
 
 ROWS_JS = """[...document.querySelectorAll('#%s tbody tr')].filter(r => !r.querySelector('td[colspan]'))
   .map(r => ({data: {...r.dataset}, cells: [...r.cells].map(c => c.textContent.trim())}))"""
@@ -111,3 +117,25 @@ def test_leaderboard_page_of_a_localnet_validator(
     if target:
         for path in (shot, family_shot):
             shutil.copy(path, Path(target) / path.name)
+
+
+@pytest.mark.slow
+def test_fetched_starter_trains_on_the_family_it_targets(localnet_root: Path, serve, tmp_path: Path) -> None:
+    gpt_family = yaml.safe_load((REPO / "examples/gpt_recipe/prism.yaml").read_text())["architecture_id"]
+    url = serve(localnet_root / "validator").url
+    project = tmp_path / "variant"
+    out = subprocess.run([sys.executable, "-m", "prism.cli", "fetch-family", gpt_family, "--from", url,
+                          "--out", str(project), "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["check"]["ok"]
+
+    (manifest,) = evaluate(project, profile=load_profile(str(TINY_PROFILE)), out_dir=tmp_path / "runs",
+                           data_dir=localnet_root / "data" / "offline-byte", recipe_mode="submitted",
+                           progress=False)  # fmt: skip
+    assert manifest.status.state == "succeeded", manifest.status
+    # the model the starter builds is the family's, and the stub hook ran the training
+    assert manifest.submission.kind == "training_for_arch"
+    assert manifest.submission.family_id == manifest.submission.target_architecture_id == gpt_family
+    hook = manifest.hooks["configure_optimizer"]
+    assert hook.used and hook.source_file == "src/train_variant.py"
+    assert manifest.metrics.heldout_bpb is not None and manifest.metrics.train_steps > 1
