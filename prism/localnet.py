@@ -231,7 +231,7 @@ def _finished(status: ValidatorStatus | None, expected_submissions: int) -> bool
     """Every submission evaluated, no run or re-measurement pending, weights set after the last result."""
     if status is None or status.submissions < expected_submissions or status.pending_runs:
         return False
-    if status.pending_paired or status.evaluation.in_flight:
+    if status.pending_paired:  # with pending_runs, this covers everything the pool holds
         return False
     return status.weights_current and status.last_weights_block is not None
 
