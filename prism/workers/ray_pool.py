@@ -129,9 +129,8 @@ class RayPool:
         owns = join(ray, address)
         try:
             pool = cls._build(
-                ray, address, device, requirements, workers, cpus_per_slot, max_result_bytes, owns
+                ray, address, device, requirements, workers, cpus_per_slot, max_result_bytes, max_payload_bytes, owns
             )
-            pool.max_payload_bytes = max_payload_bytes
             if check_nodes:
                 pool.check_nodes(pool.node_ids, timeout_s=probe_timeout_s)
         except Exception:
@@ -146,7 +145,7 @@ class RayPool:
     @classmethod
     def _build(
         cls, ray: Any, address: str, device: Device, requirements: ray_node.WorkerRequirements,
-        workers: int | None, cpus_per_slot: float, max_result_bytes: int, owns: bool,
+        workers: int | None, cpus_per_slot: float, max_result_bytes: int, max_payload_bytes: int, owns: bool,
     ) -> RayPool:  # fmt: skip
         nodes = capable_nodes(ray, device, cpus_per_slot)
         resource, per_slot = ("GPU", 1.0) if device == "cuda" else ("CPU", cpus_per_slot)
@@ -159,7 +158,7 @@ class RayPool:
         pool = cls(
             ray=ray, slots=[DeviceSlot(kind=device, index=i) for i in range(capacity)], requirements=requirements,
             largest_node=max(n["Resources"].get(resource, 0) for n in nodes), cpus_per_slot=cpus_per_slot,
-            max_result_bytes=max_result_bytes, owns_connection=owns,
+            max_result_bytes=max_result_bytes, max_payload_bytes=max_payload_bytes, owns_connection=owns,
         )  # fmt: skip
         pool.node_ids = [n["NodeID"] for n in nodes]
         return pool
