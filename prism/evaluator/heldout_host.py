@@ -35,7 +35,7 @@ import numpy as np
 
 from prism.errors import MinerFault, PrismError
 from prism.evaluator import sandbox as sb
-from prism.evaluator.framing import ChannelClosed, FrameReader, FrameWriter, ProtocolError
+from prism.evaluator.framing import ChannelClosed, ChannelTimeout, FrameReader, FrameWriter, ProtocolError
 from prism.evaluator.heldout_wire import (
     COMMITTED,
     DIGEST_BYTES,
@@ -372,7 +372,11 @@ class HeldoutProcess:
         try:
             if self.proc is None:
                 return None
-            if outcome is None or outcome.error is not None or outcome.params_after is None:
+            # A read that ran out of time ran out at the wall limit (the deadline is the same): the
+            # sandbox's own watchdog kills the process there and records the timeout, so the host
+            # does not race it with a kill of its own (that would report a protocol failure).
+            out_of_time = outcome is not None and isinstance(outcome.error, ChannelTimeout)
+            if (outcome is None or outcome.error is not None or outcome.params_after is None) and not out_of_time:
                 self.proc.kill()
             if self.proc.stdin is not None:
                 try:
