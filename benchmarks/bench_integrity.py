@@ -5,8 +5,11 @@ not depend on how well the model is trained). Three held-out measurements run ba
 alternating order, each through the real sandbox:
 
 * ``full``: the profile's protocol: every logit row recomputed by the host (V = 257 makes that
-  cheapest), and the prefix replay in a fresh process on ``replay_fraction`` of the windows;
-* ``minimal``: one spot row per batch and no replay (what the commit/reveal protocol alone costs).
+  cheapest), the program check (the recorded inference pass run on ``program_windows`` windows
+  where no submission code ran) and the prefix replay in a fresh process on ``replay_fraction``
+  of the windows;
+* ``minimal``: one spot row per batch, no program check and no replay (what the commit/reveal
+  protocol alone costs).
 
 It prints the wall time of each, the host's row-verification time, the replay's added wall
 time, the overhead ``(full - minimal) / full`` (target: under 15%), the fraction of positions
@@ -61,7 +64,7 @@ def main() -> None:
     ensure_offline_corpus(data_dir, tokenizer="byte")
     ctx = {"vocab_size": 257, "sequence_length": regime.sequence_length, "max_layers": regime.max_layers, "max_parameters": regime.max_parameters, "seed": 1}
     windows, window_bytes = prism_data.heldout_windows(data_dir, split="val", n_windows=profile.heldout.windows, seq_len=regime.sequence_length, seed=profile.heldout.seed)
-    minimal = profile.heldout.model_copy(update={"replay_fraction": 0.0, "lie_shift_bpb": 10.0, "lie_survival": 0.99})
+    minimal = profile.heldout.model_copy(update={"replay_fraction": 0.0, "program_windows": 0, "lie_shift_bpb": 10.0, "lie_survival": 0.99})
     limits = SandboxLimits.from_profile(profile.limits, phase="eval")
     isolation = probe_isolation()
     runs: dict[str, list] = {"full": [], "minimal": []}
@@ -83,14 +86,18 @@ def main() -> None:
     full_s = [r.outcome.timings_s["total"] for r in runs["full"]]
     minimal_s = [r.outcome.timings_s["total"] for r in runs["minimal"]]
     best_full = min(runs["full"], key=lambda r: r.outcome.timings_s["total"])
-    session, replay = best_full.session, best_full.outcome.replay
+    session, replay, program = best_full.session, best_full.outcome.replay, best_full.outcome.program
+    program_s = best_full.outcome.timings_s.get("program", 0.0)
     print(json.dumps({
         "model": "examples/gpt @ local_cpu_smoke (init weights)", "windows": int(windows.shape[0]), "positions": session.tokens,
         "full_s": [round(x, 3) for x in full_s], "minimal_s": [round(x, 3) for x in minimal_s],
         "integrity_overhead": round((min(full_s) - min(minimal_s)) / min(full_s), 4),
         "integrity_overhead_median": round((statistics.median(full_s) - statistics.median(minimal_s)) / statistics.median(full_s), 4),
         "host_row_verification_s": round(session.timings_s.get("verify", 0.0), 3),
-        "direct_cost_fraction": round((session.timings_s.get("verify", 0.0) + best_full.outcome.timings_s.get("replay", 0.0)) / min(full_s), 4),
+        "direct_cost_fraction": round((session.timings_s.get("verify", 0.0) + best_full.outcome.timings_s.get("replay", 0.0) + program_s) / min(full_s), 4),
+        "program_check_s": round(program_s, 3), "program_windows": len(program.windows) if program else 0,
+        "honest_program_max_drift_nats": program.max_deviation if program else None,
+        "main_finish_s (records both graphs and the program)": round(session.timings_s.get("finish", 0.0), 3),
         "replay_added_s": round(best_full.outcome.timings_s.get("replay", 0.0), 3),
         "spot_fraction": round(session.spot_rows / session.tokens, 4),
         "replay_pairs": len(replay.pairs), "replay_positions_compared": replay.comparison.positions if replay.comparison else 0,

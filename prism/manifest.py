@@ -232,6 +232,14 @@ class IntegrityRecord(_Strict):
     replay_positions: int = 0
     replay_max_deviation_nats: float | None = None
     replay_tolerance_nats: float | None = None
+    program_windows: int = Field(
+        default=0, description="windows the recorded inference pass was executed on where no submission ran"
+    )
+    program_max_deviation_nats: float | None = None
+    program_family_id: str | None = Field(
+        default=None,
+        description="the family derived from the recorded inference pass, outside the submission",
+    )
     clipped_positions: int = Field(default=0, description="positions whose loss hit the per-position cap")
 
 

@@ -39,10 +39,12 @@ from prism.evaluator.heldout_wire import (
     COMMITTED,
     DONE,
     ERROR,
+    EXECUTE,
     FINISH,
     GO,
     HELLO,
     INPUTS,
+    PROGRAM,
     READY,
     ROWS,
     SPOTS,
@@ -195,6 +197,15 @@ class _Evaluator:
         fresh = self._build(canonical, "build_model(ctx) at the canonical context")
         return record_architecture(fresh, canonical).model_dump(mode="json")
 
+    def program(self) -> dict[str, Any]:
+        """The inference path as it answered the batches (device, dtype, hooks), as a program the
+        host has executed elsewhere (``prism.evaluator.graph_program``)."""
+        from prism.evaluator.graph import canonical_tokens
+        from prism.evaluator.graph_program import record_program
+
+        tokens = canonical_tokens(self.ctx).to(self.spec.device)
+        return record_program(self.forward, self.model, tokens, max_bytes=RUN_GRAPH_MAX_BYTES)
+
     def run_graph(self) -> dict[str, Any]:
         """The graph of the trained model at the run's context (identity tied to what was trained)."""
         from prism.evaluator.graph import record_architecture
@@ -275,17 +286,20 @@ class _Evaluator:
         while True:
             header, payload = self.pipes.reader.read()
             if header["type"] == FINISH:
-                after = params_sha256(self.model)
-                graph = json.dumps(
-                    self.run_graph() if self.spec.record_graphs else {}, separators=(",", ":")
-                ).encode("utf-8")
-                self.pipes.writer.write(
-                    {"type": DONE, "params_sha256": after, "advisory": self.advisory}, graph
-                )
+                self._finish()
                 return
             if header["type"] != INPUTS:
                 raise ProtocolError(f"expected inputs or finish, got {header['type']!r}")
             self._one_batch(header, payload, seq_len, vocab)
+
+    def _finish(self) -> None:
+        after = params_sha256(self.model)
+        record = self.spec.record_graphs
+        program = _json(self.program()) if record else b""  # first: the run graph moves the model to CPU
+        graph = _json(self.run_graph() if record else {})
+        self.pipes.writer.write({"type": DONE, "params_sha256": after, "advisory": self.advisory}, graph)
+        if record:
+            self.pipes.writer.write({"type": PROGRAM}, program)
 
     def _one_batch(self, header: dict[str, Any], payload: bytes, seq_len: int, vocab: int) -> None:
         torch, batch = self.t.torch, header.get("batch")
@@ -299,6 +313,23 @@ class _Evaluator:
         header, _ = self.pipes.reader.expect(SPOTS)
         spots = [(int(b), int(t)) for b, t in header.get("positions", [])]
         self.pipes.writer.write({"type": ROWS, "batch": batch}, self.spot_rows(spots))
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _until_go(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec) -> None:
+    """Before ``go`` no submission code has run here: answer program checks, then wait for go."""
+    while True:
+        header, payload = pipes.reader.read()
+        if header["type"] == GO:
+            return
+        if header["type"] != EXECUTE:
+            raise ProtocolError(f"expected execute or go, got {header['type']!r}")
+        from prism.evaluator.program_exec import answer_execute
+
+        pipes.writer.write(*answer_execute(header, payload, state, spec))
 
 
 def _report_error(pipes: _Pipes, exc: BaseException) -> int:
@@ -332,7 +363,7 @@ def process_main(argv: list[str] | None = None) -> int:
         trusted.torch.set_num_threads(spec.torch_threads)
         evaluator = _Evaluator(spec, pipes, trusted)
         state = evaluator.read_weights()
-        pipes.reader.expect(GO)  # a replay waits here, warm, until the main process has ended
+        _until_go(pipes, state, spec)  # a replay waits here, warm, until the main process has ended
         pipes.writer.write({"type": HELLO})  # from here on this process is the submission's
         ready, graph = evaluator.setup(state)
         pipes.writer.write({"type": READY, **ready}, json.dumps(graph, separators=(",", ":")).encode("utf-8"))

@@ -41,10 +41,13 @@ from prism.evaluator.heldout_wire import (
     DIGEST_BYTES,
     DONE,
     ERROR,
+    EXECUTE,
+    EXECUTED,
     FINISH,
     GO,
     HELLO,
     INPUTS,
+    PROGRAM,
     READY,
     ROWS,
     SPOTS,
@@ -53,6 +56,7 @@ from prism.evaluator.heldout_wire import (
     Z,
     encode_tokens,
 )  # fmt: skip
+from prism.evaluator.program_check import ProgramReply
 
 #: L is a float64 logsumexp of the same float32 row on both sides: they agree to rounding. The
 #: tolerance is absolute plus a tiny relative term, and |L| is bounded, so a model cannot widen it
@@ -65,6 +69,8 @@ LSE_BOUND = 1e4
 
 def lse_tolerance(lse: np.ndarray | float) -> np.ndarray | float:
     return LSE_ABS_TOLERANCE + LSE_REL_TOLERANCE * np.abs(lse)
+
+
 #: (batch index, rows, seq_len) -> the (row, position) pairs to reveal, drawn after z arrived.
 SpotPolicy = Callable[[int, int, int], list[tuple[int, int]]]
 
@@ -90,6 +96,7 @@ class SessionOutcome:
     ready: dict[str, Any] | None = None
     canonical_graph: dict[str, Any] | None = None
     run_graph: dict[str, Any] | None = None
+    program: bytes | None = None  # the inference pass as a program (graph_program), unparsed
     params_after: str | None = None
     advisory: list[str] = field(default_factory=list)
     lse: np.ndarray | None = None
@@ -291,6 +298,8 @@ class HeldoutSession:
         advisory = header.get("advisory")
         self.outcome.advisory = [str(a)[:500] for a in advisory[:20]] if isinstance(advisory, list) else []
         self.outcome.run_graph = self._graph(payload) if self.graphs else None
+        if self.graphs:
+            self.outcome.program = self._read(PROGRAM)[1]
 
 
 def _is_sha256(value: Any) -> bool:
@@ -367,6 +376,31 @@ class HeldoutProcess:
             self.proc.kill()
             raise
 
+    def execute(self, program: bytes, windows: np.ndarray) -> ProgramReply:
+        """Before ``go``: have this process (no submission code loaded yet) execute ``program`` on
+        ``windows`` (K, T+1). Never raises: a broken channel lands in ``ProgramReply.error``."""
+        reply = ProgramReply()
+        if self.proc is None or self.proc.stdin is None or self.proc.protocol is None:
+            return reply
+        deadline = self.started + self.job.limits.wall_s
+        writer = FrameWriter(self.proc.stdin.fileno(), deadline=deadline)
+        reader = FrameReader(self.proc.protocol.fileno(), deadline=deadline)
+        data = np.ascontiguousarray(windows, dtype="<i8")
+        header = {"type": EXECUTE, "shape": [int(n) for n in data.shape], "tokens_bytes": data.nbytes}
+        try:
+            writer.write(header, data.tobytes() + program)
+            reply.sent = True
+            answer, payload = reader.read()
+            if answer.get("type") != EXECUTED:
+                raise ProtocolError(f"expected {EXECUTED!r}, got {answer.get('type')!r}")
+            reply.parse(answer, payload, data.shape[0], data.shape[1] - 1)
+        except PrismError as exc:
+            reply.error = exc
+        except BaseException:
+            self.proc.kill()
+            raise
+        return reply
+
     def close(self, outcome: SessionOutcome | None) -> sb.SandboxResult | None:
         """End the process (it is killed unless it finished the protocol) and reap it."""
         try:
@@ -376,7 +410,9 @@ class HeldoutProcess:
             # sandbox's own watchdog kills the process there and records the timeout, so the host
             # does not race it with a kill of its own (that would report a protocol failure).
             out_of_time = outcome is not None and isinstance(outcome.error, ChannelTimeout)
-            if (outcome is None or outcome.error is not None or outcome.params_after is None) and not out_of_time:
+            if (
+                outcome is None or outcome.error is not None or outcome.params_after is None
+            ) and not out_of_time:
                 self.proc.kill()
             if self.proc.stdin is not None:
                 try:

@@ -20,6 +20,7 @@ from prism.errors import InfrastructureFault, MinerFault, PrismError
 from prism.evaluator.budgets import WeightsInventory, inspect_weights
 from prism.evaluator.heldout_host import HeldoutJob, HeldoutProcess, SessionOutcome, random_spots
 from prism.evaluator.heldout_wire import EvalProcessSpec
+from prism.evaluator.program_check import ProgramCheck, check_program
 from prism.evaluator.replay import ReplayOutcome, compare, cut_spots, draw_pairs, replay_count, replay_windows
 from prism.evaluator.sandbox import Bind, IsolationProbe, SandboxLimits, SandboxResult
 from prism.evaluator.spots import SpotBudget, spot_budget
@@ -42,6 +43,7 @@ class HeldoutOutcome:
     main: ProcessRecord = field(default_factory=ProcessRecord)
     replay_process: ProcessRecord = field(default_factory=ProcessRecord)
     replay: ReplayOutcome = field(default_factory=ReplayOutcome)
+    program: ProgramCheck | None = None
     budget: SpotBudget = field(default_factory=lambda: SpotBudget(0, 0, 0, 0.0))
     cap_nats: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -49,6 +51,14 @@ class HeldoutOutcome:
     @property
     def succeeded(self) -> bool:
         return self.main.session.error is None and self.main.session.params_after is not None
+
+    def program_failure(self) -> MinerFault | None:
+        session = self.main.session
+        if self.program is None:
+            return None
+        claimed = (session.canonical_graph or {}).get("family_id")
+        forward = (session.ready or {}).get("inference_path") == "forward"
+        return self.program.failure(claimed if isinstance(claimed, str) else None, forward)
 
 
 def _close(process: HeldoutProcess, record: ProcessRecord) -> ProcessRecord:
@@ -102,8 +112,14 @@ def measure_heldout(
     # The main process is gone (reaped, its locks and memory with it) before the replay loads the
     # submission: two live processes of one submission could talk (docs/security.md, "Lookahead").
     _close(main_process, main)
+    if outcome.succeeded and main.session.program is not None and spec.program_windows:
+        # Before the replay's go: that process has not loaded the submission yet (program_check).
+        outcome.program = check_program(
+            replay_process, main.session, windows, spec.program_windows, spec.replay_tolerance_nats
+        )
+        outcome.timings_s["program"] = outcome.program.seconds
     count = replay_count(n, spec.batch_size, spec.replay_fraction)
-    if outcome.succeeded and count:
+    if outcome.succeeded and count and outcome.program_failure() is None:
         t1 = time.monotonic()
         _replay(outcome, replay_process, windows, window_bytes, spec, count)
         outcome.replay.seconds = outcome.timings_s["replay"] = time.monotonic() - t1
@@ -153,7 +169,7 @@ def _observe(phase: str, record: ProcessRecord, host_check: PrismError | None = 
 
 def observations(outcome: HeldoutOutcome) -> list[Observation]:
     """What the verdicts module judges: the main process, then (if it ran) the replay."""
-    found = [_observe("heldout", outcome.main)]
+    found = [_observe("heldout", outcome.main, outcome.program_failure())]
     if outcome.replay.pairs:
         mismatch = None
         comparison = outcome.replay.comparison

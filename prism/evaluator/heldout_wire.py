@@ -3,6 +3,8 @@
 ==========  =========  ====================================================  ==========================
 frame       direction  header                                                payload
 ==========  =========  ====================================================  ==========================
+execute     h -> p     ``shape [K, T+1]``, ``tokens_bytes`` (before go only)    K*(T+1) int64, then a program JSON
+executed    p -> h     ``graph`` (its summary) or ``error``                  log p(target), K*T float64
 go          h -> p                                                           (the process may load the submission)
 hello       p -> h                                                           (before any submission code)
 ready       p -> h     ``params_sha256``, ``parameter_count``, ``inference_path``  canonical graph JSON
@@ -14,6 +16,7 @@ spots       h -> p     ``batch``, ``positions [[b, t], ...]`` (drawn now)
 rows        p -> h     ``batch``                                             k rows (k*V float32)
 finish      h -> p
 done        p -> h     ``params_sha256``, ``advisory``                       run-context graph JSON
+program     p -> h     (after done, when graphs are recorded)                the inference pass as a program JSON
 error       p -> h     ``code``, ``fault``, ``message``, ``frames``
 ==========  =========  ====================================================  ==========================
 """
@@ -30,6 +33,9 @@ from prism.evaluator.framing import ProtocolError
 GO, HELLO, READY, INPUTS, COMMITTED, TARGETS, Z, SPOTS, ROWS, FINISH, DONE, ERROR = (
     "go", "hello", "ready", "inputs", "committed", "targets", "z", "spots", "rows", "finish", "done", "error",
 )  # fmt: skip
+# The program check (prism.evaluator.program_check): a process that has not loaded the submission
+# yet (a replay, before go) executes the main process's recorded program on windows the host drew.
+PROGRAM, EXECUTE, EXECUTED = "program", "execute", "executed"
 DIGEST_BYTES = 32
 
 
@@ -83,10 +89,13 @@ __all__ = [
     "DIGEST_BYTES",
     "DONE",
     "ERROR",
+    "EXECUTE",
+    "EXECUTED",
     "FINISH",
     "GO",
     "HELLO",
     "INPUTS",
+    "PROGRAM",
     "READY",
     "ROWS",
     "SPOTS",

@@ -232,6 +232,11 @@ def build_integrity(ev: RunEvidence) -> IntegrityRecord | None:
         replay_positions=comparison.positions if comparison else 0,
         replay_max_deviation_nats=comparison.max_deviation if comparison else None,
         replay_tolerance_nats=h.replay.tolerance,
+        program_windows=len(h.program.windows) if h.program and h.program.reply.log_probs is not None else 0,
+        program_max_deviation_nats=h.program.max_deviation
+        if h.program and h.program.reply.log_probs is not None
+        else None,
+        program_family_id=h.program.family_id if h.program else None,
         clipped_positions=session.clipped,
     )
 

@@ -58,6 +58,11 @@ class HeldoutSpec(_Strict):
         gt=0.0,
         description="largest honest |log p| drift between the main process and the replay",
     )
+    program_windows: int = Field(
+        default=2,
+        ge=0,
+        description="windows the main process's recorded program is executed on where no submission ran",
+    )
 
 
 class ProbeSpec(_Strict):

@@ -185,6 +185,15 @@ def attack_profile(hostile_profile: Profile) -> Profile:
 
 
 @pytest.fixture(scope="session")
+def without_program_check(attack_profile: Profile) -> Profile:
+    """The attack profile with the program check off, for tests of the checks behind it (the
+    replay, the eval compute budget): with it on, the program check refuses most stateful
+    attacks first (identity.program_mismatch)."""
+    heldout = attack_profile.heldout.model_copy(update={"program_windows": 0})
+    return attack_profile.model_copy(update={"heldout": heldout})
+
+
+@pytest.fixture(scope="session")
 def attack_run(
     tmp_path_factory: pytest.TempPathFactory, hostile_data: Path, attack_profile: Profile
 ) -> Callable[..., HostileRun]:

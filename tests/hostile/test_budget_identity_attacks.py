@@ -274,7 +274,7 @@ def build_model(ctx):
 
 def test_another_model_at_the_canonical_context_is_refused(attack_run):
     run = attack_run(source(REAL + DECOY_AT_CANONICAL_CONTEXT))
-    assert_refused(run, "identity.context_mismatch")
+    assert_refused(run, "identity.context_mismatch", "identity.program_family_mismatch")
 
 
 # The identity graph is recorded from one forward with B = 1; held-out and training batches
@@ -314,10 +314,6 @@ def build_model(ctx):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual (docs/security.md, 'Identity decoys'): the graph is recorded inside a process that imported the submission, so a model that recognises the recording (or patches the recorder) can show another topology; the host checks every recorded parameter shape against the weights file, so the decoy must share the trained shapes",
-)
 @pytest.mark.parametrize("body", [DECOY_FOR_ONE_ROW, FORGED_GRAPH], ids=["one-row-decoy", "forged-graph"])
 def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, tinylm_twin, body):
     run = attack_run(source(REAL + body))
@@ -327,4 +323,4 @@ def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, t
         f"the manifest records TinyLM's family {recorded} for a model that trained and was measured with an MLP\n"
         + describe(run)
     )
-    assert_refused(run, "identity.", "graph.")
+    assert_refused(run, "identity.program_")

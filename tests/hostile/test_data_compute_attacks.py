@@ -128,7 +128,9 @@ def test_windows_of_the_public_seed_shipped_in_code_buy_nothing_at_a_beacon_seed
     run = attack_run(
         source(MEMORIZED_WINDOWS.replace("__MEMORY__", json.dumps(memory)), COLLUDER), heldout_seed=beacon
     )
-    assert run.manifest.status.state == "succeeded", describe(run)
+    if run.manifest.status.state == "failed":  # its bonus hangs on Python branches over token values:
+        assert_refused(run, "identity.program_mismatch")  # the pass recorded once is not what answered
+        return
     # The toy val split holds ~150 windows, so a beacon draw shares a few with the public seed
     # (at official scale it shares none). The memorizer may win those windows outright, and
     # nothing else: at best it scores zero on the shared windows' bytes and the twin elsewhere.
@@ -277,8 +279,10 @@ def test_extra_updates_inside_forward_under_the_compute_cap_buy_nothing(attack_r
 
 # The model keeps every training batch in a buffer (counted: int16, 65k values of a 400k
 # budget), and when the held-out process loads the weights it trains on them for five more
-# epochs. The main process and the replay do the same deterministic work, the parameter hash is
-# taken after loading, and held-out compute is not metered.
+# epochs. The main process and the replay do the same deterministic work and the parameter hash
+# is taken after loading; five epochs cost less than the eval compute budget's start-up
+# allowance at toy scale. The program check stops it: the recorded inference pass, executed on
+# the weights *file* where no submission code ran, does not give what the main process committed.
 TRAINING_AT_EVAL_TIME = """
 CAPACITY = 128 * 8
 
@@ -321,19 +325,16 @@ def build_model(ctx):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual at toy scale (docs/security.md, 'Training at evaluation time'): five epochs over the "
-    "buffered batches cost about 2 CPU seconds here, inside the held-out process's start-up allowance; "
-    "the eval compute budget catches eval-time training that is large next to start-up (the next test)",
-)
-def test_training_inside_the_heldout_process_buys_nothing_at_toy_scale(attack_run, tinylm_twin):
+def test_training_inside_the_heldout_process_is_refused_by_the_program_check(attack_run):
     run = attack_run(source(TRAINING_AT_EVAL_TIME))
-    assert_no_gain(run, tinylm_twin)
+    assert_refused(run, "identity.program_mismatch")
 
 
-def test_heavy_training_inside_the_heldout_process_exceeds_the_eval_compute_budget(attack_run):
-    run = attack_run(source(TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(80):")))
+def test_heavy_training_inside_the_heldout_process_exceeds_the_eval_compute_budget(
+    attack_run, without_program_check
+):
+    body = TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(80):")
+    run = attack_run(source(body), profile=without_program_check)
     failure = run.manifest.status.failure
     assert failure is not None and failure.code == "budget.eval_compute_exceeded", describe(run)
     assert failure.fault == "miner" and run.manifest.timings_s["heldout_cpu_s"] > 10

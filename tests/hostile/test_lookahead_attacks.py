@@ -44,8 +44,8 @@ def build_model(ctx):
 """
 
 
-def test_plain_lookahead_is_refused_by_the_replay(attack_run, tinylm_twin):
-    run = attack_run(source(PLAIN_LOOKAHEAD, PEEK))
+def test_plain_lookahead_is_refused_by_the_replay(attack_run, tinylm_twin, without_program_check):
+    run = attack_run(source(PLAIN_LOOKAHEAD, PEEK), profile=without_program_check)
     assert_refused(run, "eval.replay_mismatch")
     assert_no_gain(run, tinylm_twin)
 
@@ -87,8 +87,10 @@ def build_model(ctx):
 """
 
 
-def test_lookahead_that_dodges_the_in_process_check_and_spots_the_replay_is_refused(attack_run, tinylm_twin):
-    run = attack_run(source(DODGING_LOOKAHEAD, COLLUDER, PEEK))
+def test_lookahead_that_dodges_the_in_process_check_and_spots_the_replay_is_refused(
+    attack_run, tinylm_twin, without_program_check
+):
+    run = attack_run(source(DODGING_LOOKAHEAD, COLLUDER, PEEK), profile=without_program_check)
     assert_refused(run, "eval.replay_mismatch")
     assert not any("causality" in a for a in run.manifest.diagnostics.advisory)  # it did dodge that
     assert_no_gain(run, tinylm_twin)
@@ -188,8 +190,10 @@ def build_model(ctx):
 """
 
 
-def test_fast_weights_adapted_on_each_batch_are_refused_by_the_replay(attack_run, tinylm_twin):
-    run = attack_run(source(WITHIN_BATCH_TTT, COLLUDER, CACHE))
+def test_fast_weights_adapted_on_each_batch_are_refused_by_the_replay(
+    attack_run, tinylm_twin, without_program_check
+):
+    run = attack_run(source(WITHIN_BATCH_TTT, COLLUDER, CACHE), profile=without_program_check)
     assert_refused(run, "eval.replay_mismatch")
     assert_no_gain(run, tinylm_twin)
 
@@ -216,8 +220,10 @@ def build_model(ctx):
 """
 
 
-def test_a_cache_carried_across_batches_is_refused_by_the_replay(attack_run, tinylm_twin):
-    run = attack_run(source(CROSS_BATCH_CACHE, COLLUDER, CACHE))
+def test_a_cache_carried_across_batches_is_refused_by_the_replay(
+    attack_run, tinylm_twin, without_program_check
+):
+    run = attack_run(source(CROSS_BATCH_CACHE, COLLUDER, CACHE), profile=without_program_check)
     assert_refused(run, "eval.replay_mismatch")
     assert not any("causality" in a for a in run.manifest.diagnostics.advisory)
     assert_no_gain(run, tinylm_twin)

@@ -120,7 +120,14 @@ def test_bpb_equals_a_direct_computation_and_identity_is_recorded(
     assert replay.comparison.positions == sum(p.cut + 1 for p in replay.pairs)
 
 
-def test_hook_that_mutates_weights_during_evaluation_is_detected(evaluate, tiny_model):
+@pytest.mark.parametrize(
+    ("program_windows", "code", "phase"),
+    [(2, "identity.program_mismatch", "heldout"), (0, "eval.replay_mismatch", "replay")],
+    ids=["program-check", "replay-alone"],
+)
+def test_hook_that_mutates_weights_during_evaluation_is_detected(
+    evaluate, tiny_model, program_windows, code, phase
+):
     source = (
         tiny_model
         + """
@@ -130,13 +137,10 @@ def inference_logits(model, batch, ctx):
     return model(batch["input_ids"])
 """
     )
-    result, _, _ = evaluate(source)
-    # The fresh replay process starts from the trained weights again: it disagrees.
-    assert (result.failure.code, result.failure.fault, result.failure.phase) == (
-        "eval.replay_mismatch",
-        "miner",
-        "replay",
-    )
+    result, _, _ = evaluate(source, heldout=HELDOUT.model_copy(update={"program_windows": program_windows}))
+    # The program, run once on the file's weights, and the fresh replay process both start from
+    # the trained weights again: each disagrees with the drifting main process.
+    assert (result.failure.code, result.failure.fault, result.failure.phase) == (code, "miner", phase)
     assert result.session.ready["inference_path"] == "inference_logits"
     assert result.params_changed  # and the in-process hashes say so too (evidence)
 

@@ -1,0 +1,249 @@
+"""The recorded inference pass as a program: recorded, rebuilt without the model's code, checked.
+
+``ProgramModule`` runs in a process that never imported the submission; here it is exercised
+in-process on real models (the end-to-end check, in sandboxed processes, is in
+tests/hostile/test_budget_identity_attacks.py and tests/measurement).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prism.evaluator import graph_program
+from prism.evaluator.context import make_context
+from prism.evaluator.graph import record_architecture
+from prism.evaluator.graph_program import ProgramError, ProgramModule, record_program
+from prism.evaluator.heldout_host import SessionOutcome
+from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
+from prism.evaluator.program_check import ProgramCheck, ProgramReply, deviation
+from prism.evaluator.program_exec import answer_execute
+
+VOCAB, SEQ = 61, 12
+
+
+class Mixed(nn.Module):
+    """A little of everything a program must carry: a tied head, a persistent and a
+    non-persistent buffer, a plain tensor attribute, a frozen parameter, a view of a parameter
+    made outside forward, an in-place op, layer norm, causal attention and tanh-GELU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.head = nn.Linear(16, VOCAB, bias=False)
+        self.head.weight = self.emb.weight
+        self.norm = nn.LayerNorm(16)
+        self.qkv = nn.Linear(16, 48)
+        self.frozen = nn.Parameter(torch.randn(16), requires_grad=False)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 16))
+        self.register_buffer("positions", torch.randn(SEQ, 16), persistent=False)
+        self.offset = torch.randn(16)  # a plain attribute: shipped with the program
+        self.first_rows = self.qkv.weight[:16]  # a view of a parameter, made outside forward
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens) + self.positions[: tokens.shape[1]]
+        x = self.norm(x) * self.scale + self.offset + self.frozen
+        q, k, v = self.qkv(x).split(16, dim=-1)
+        attn = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = torch.nn.functional.gelu(attn, approximate="tanh")
+        y.add_(x @ self.first_rows.T)
+        return self.head(y)
+
+
+def _program(model: nn.Module) -> dict:
+    tokens = torch.arange(SEQ).unsqueeze(0) % VOCAB
+    program = record_program(model, model, tokens)
+    return json.loads(json.dumps(program))  # it crosses a pipe as JSON
+
+
+def _ctx():  # type: ignore[no-untyped-def]
+    return make_context(
+        {"vocab_size": VOCAB, "sequence_length": SEQ, "max_parameters": 10**6, "max_layers": 4, "seed": 0}
+    )
+
+
+def test_a_rebuilt_program_computes_the_model_bit_for_bit_and_has_its_family():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = _program(model)
+    rebuilt = ProgramModule(program, model.state_dict())
+    other = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(other), model(other))
+    kinds = {node["kind"] for node in program["nodes"]}
+    assert {"tokens", "weight", "const", "op"} <= kinds
+    ctx = _ctx()
+    assert record_architecture(ProgramModule(program, model.state_dict()), ctx).family_id == (
+        record_architecture(model, ctx).family_id
+    )
+
+
+def test_the_program_reads_the_weights_it_is_given_not_the_models():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = _program(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.qkv.weight.add_(0.5)  # what a model that trains at evaluation time would hold in memory
+    tokens = torch.randint(0, VOCAB, (1, SEQ))
+    with torch.no_grad():
+        assert not torch.allclose(ProgramModule(program, state)(tokens), model(tokens))
+    rebuilt = ProgramModule(program, state)
+    with torch.no_grad():
+        for tensor in [*rebuilt.parameters(), *rebuilt.buffers()]:
+            tensor.zero_()  # the module holds private copies: nothing it does reaches the caller's weights
+    assert all(state[name].abs().sum() > 0 for name in ("qkv.weight", "emb.weight", "scale"))
+
+
+def _mutated(program: dict, index: int, **fields) -> dict:  # type: ignore[no-untyped-def]
+    changed = json.loads(json.dumps(program))
+    changed["nodes"][index].update(fields)
+    return changed
+
+
+def _first(program: dict, kind: str) -> int:
+    return next(i for i, node in enumerate(program["nodes"]) if node["kind"] == kind)
+
+
+@pytest.mark.parametrize(
+    ("edit", "code"),
+    [
+        (
+            lambda p: _mutated(p, _first(p, "op"), op="prism_secret.lookup.default"),
+            "identity.program_unsupported",
+        ),
+        (lambda p: _mutated(p, _first(p, "op"), op="aten.from_file.default"), "identity.program_unsupported"),
+        (
+            lambda p: _mutated(p, _first(p, "op"), op="aten.no_such_op.default"),
+            "identity.program_unsupported",
+        ),
+        (lambda p: _mutated(p, _first(p, "weight"), name="not.in.the.file"), "identity.weights_mismatch"),
+        (lambda p: _mutated(p, _first(p, "const"), data="***"), "identity.program_invalid"),
+        (lambda p: _mutated(p, _first(p, "const"), shape=[10**6]), "identity.program_invalid"),
+        (lambda p: _mutated(p, 0, kind="oracle"), "identity.program_invalid"),
+        (lambda p: {**p, "schema": "other"}, "identity.program_invalid"),
+        (lambda p: {**p, "output": [10**6, 0]}, "identity.program_invalid"),
+    ],
+)
+def test_a_malformed_program_is_refused_with_a_typed_miner_fault(edit, code):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = edit(_program(model))
+    with pytest.raises(ProgramError) as excinfo:
+        ProgramModule(program, model.state_dict())(torch.zeros(1, SEQ, dtype=torch.long))
+    assert excinfo.value.code == code and excinfo.value.fault == "miner"
+
+
+def test_an_op_given_a_reference_to_a_later_node_is_refused():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = _program(model)
+    index = _first(program, "op")
+    program["nodes"][index]["args"] = [{"ref": [len(program["nodes"]) - 1, 0]}]
+    with pytest.raises(ProgramError, match="before it exists"):
+        ProgramModule(program, model.state_dict())(torch.zeros(1, SEQ, dtype=torch.long))
+
+
+def test_constants_the_weights_do_not_hold_are_capped(monkeypatch):
+    monkeypatch.setattr(graph_program, "MAX_CONSTANT_VALUES", 8)
+    torch.manual_seed(0)
+    with pytest.raises(graph_program.GraphRecordingError) as excinfo:
+        _program(Mixed().eval())
+    assert excinfo.value.code == "graph.constants_too_large"
+
+
+def _spec() -> EvalProcessSpec:
+    return EvalProcessSpec(
+        submission_dir="/nowhere", architecture_entrypoint="model.py", weights_path="/nowhere/w.safetensors",
+        context={"vocab_size": VOCAB, "sequence_length": SEQ, "max_parameters": 10**6, "max_layers": 4, "seed": 0},
+        canonical_context={"vocab_size": VOCAB, "sequence_length": SEQ, "max_parameters": 10**6, "max_layers": 4},
+        max_batch_size=4,
+    )  # fmt: skip
+
+
+def _execute_request(windows: np.ndarray, program: dict) -> tuple[dict, bytes]:
+    data = np.ascontiguousarray(windows, dtype="<i8")
+    header = {"type": "execute", "shape": list(data.shape), "tokens_bytes": data.nbytes}
+    return header, data.tobytes() + json.dumps(program).encode()
+
+
+def test_the_checking_side_answers_log_probs_that_match_the_models_and_its_family():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    windows = np.random.default_rng(3).integers(0, VOCAB, size=(3, SEQ + 1))
+    header, payload = answer_execute(*_execute_request(windows, _program(model)), model.state_dict(), _spec())
+    assert header["type"] == EXECUTED and "error" not in header
+    log_probs = np.frombuffer(payload, dtype="<f8").reshape(3, SEQ)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(windows[:, :-1]))
+    expected = (
+        torch.log_softmax(logits.double(), -1).gather(-1, torch.from_numpy(windows[:, 1:, None])).squeeze(-1)
+    )
+    assert np.abs(log_probs - expected.numpy()).max() < 1e-5
+    assert header["graph"]["family_id"] == record_architecture(model, _ctx()).family_id
+
+
+def test_the_checking_side_answers_a_broken_program_with_its_error_not_a_crash():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = _mutated(_program(model), 0, kind="oracle")
+    windows = np.zeros((1, SEQ + 1), dtype=np.int64)
+    header, payload = answer_execute(*_execute_request(windows, program), model.state_dict(), _spec())
+    assert header["error"]["code"] == "identity.program_invalid" and payload == b""
+    header, _ = answer_execute({"type": "execute", "shape": [1, SEQ + 1], "tokens_bytes": (SEQ + 1) * 8},
+                               windows.tobytes() + b"{not json", model.state_dict(), _spec())  # fmt: skip
+    assert header["error"]["code"] == "identity.program_invalid"
+
+
+def _session(log_p: np.ndarray) -> SessionOutcome:
+    lse = np.full_like(log_p, 2.0)
+    return SessionOutcome(lse=lse, target_logit=log_p + lse)
+
+
+def test_the_host_refuses_a_program_whose_answers_or_family_differ():
+    committed = np.log(np.full((4, SEQ), 0.25))
+    main = _session(committed)
+    honest = committed[[1, 3]] + 1e-7
+    check = ProgramCheck(windows=[1, 3], tolerance=1e-3)
+    check.reply = ProgramReply(sent=True, log_probs=honest, graph={"family_id": "fam-a"})
+    check.max_deviation, check.worst = deviation(main, check.windows, honest)
+    assert check.failure("fam-a", forward_path=True) is None
+    family = check.failure("fam-b", forward_path=True)
+    assert family is not None and family.code == "identity.program_family_mismatch"
+    assert check.failure("fam-b", forward_path=False) is None  # an inference hook's pass is not the family's
+
+    lied = honest.copy()
+    lied[1, 5] += 0.01
+    check.max_deviation, check.worst = deviation(main, check.windows, lied)
+    assert check.worst == (3, 5) and math.isclose(check.max_deviation, 0.01, rel_tol=1e-3)
+    mismatch = check.failure("fam-a", forward_path=True)
+    assert mismatch is not None and mismatch.code == "identity.program_mismatch" and mismatch.fault == "miner"
+
+
+def test_the_host_blames_a_program_that_kills_its_checker_but_not_a_checker_it_never_reached():
+    died = ProgramCheck(
+        windows=[0], reply=ProgramReply(sent=True, error=ProgramError("closed", code="eval.protocol"))
+    )
+    failure = died.failure("fam-a", forward_path=True)
+    assert failure is not None and failure.code == "identity.program_failed"
+    assert (
+        ProgramCheck(windows=[0], reply=ProgramReply(sent=False)).failure("fam-a", forward_path=True) is None
+    )
+    refused = ProgramReply(sent=True, refused={"code": "sandbox.whatever", "message": "no"})
+    failure = ProgramCheck(windows=[0], reply=refused).failure(None, forward_path=True)
+    assert failure is not None and failure.code == "identity.program_failed"
+
+
+def test_shipped_constants_round_trip_exactly():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = _program(model)
+    shipped = [n for n in program["nodes"] if n["kind"] == "const"]
+    values = [torch.frombuffer(bytearray(base64.b64decode(n["data"])), dtype=torch.float32) for n in shipped]
+    assert any(torch.equal(v, model.offset) for v in values)
