@@ -372,12 +372,26 @@ def _strided(tensor: torch.Tensor, view: tuple[list[int], list[int], int]) -> to
         raise ProgramError(f"the program's weight view {view} does not fit its tensor: {exc}") from exc
 
 
+def _refuse_unsafe(index: int, func: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Arguments named ``unsafe`` (``_index_put_impl_``) skip bounds checks: never set here."""
+    for position, argument in enumerate(func._schema.arguments):
+        if argument.name != "unsafe":
+            continue
+        value = args[position] if position < len(args) else kwargs.get("unsafe", False)
+        if value:
+            raise ProgramError(
+                f"program op {index} ({func}) asks for unchecked indexing",
+                code="identity.program_unsupported",
+            )
+
+
 def _run_op(
     index: int, func: Any, args: Any, kwargs: Any, env: Any, device: torch.device
 ) -> list[torch.Tensor]:
     decoded_args, decoded_kwargs = _decode(args, env, device), _decode(kwargs, env, device)
     if not isinstance(decoded_args, list) or not isinstance(decoded_kwargs, dict):
         raise ProgramError(f"program op {index} has malformed arguments")
+    _refuse_unsafe(index, func, decoded_args, decoded_kwargs)
     try:
         out = func(*decoded_args, **decoded_kwargs)
     except ProgramError:

@@ -294,11 +294,11 @@ class _Evaluator:
 
     def _finish(self) -> None:
         after = params_sha256(self.model)
-        record = self.spec.record_graphs
-        program = _json(self.program()) if record else b""  # first: the run graph moves the model to CPU
-        graph = _json(self.run_graph() if record else {})
+        # The program first: recording the run graph moves the model to CPU float32.
+        program = _json(self.program()) if self.spec.record_program else b""
+        graph = _json(self.run_graph() if self.spec.record_graphs else {})
         self.pipes.writer.write({"type": DONE, "params_sha256": after, "advisory": self.advisory}, graph)
-        if record:
+        if self.spec.record_program:
             self.pipes.writer.write({"type": PROGRAM}, program)
 
     def _one_batch(self, header: dict[str, Any], payload: bytes, seq_len: int, vocab: int) -> None:

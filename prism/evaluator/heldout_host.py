@@ -67,6 +67,11 @@ LSE_REL_TOLERANCE = 1e-12
 LSE_BOUND = 1e4
 
 
+#: A recorded program (ops, arguments, shipped constants as base64) larger than this is refused:
+#: 50k ops and 16.8M constant values fit with room to spare.
+MAX_PROGRAM_BYTES = 256 << 20
+
+
 def lse_tolerance(lse: np.ndarray | float) -> np.ndarray | float:
     return LSE_ABS_TOLERANCE + LSE_REL_TOLERANCE * np.abs(lse)
 
@@ -146,6 +151,7 @@ class HeldoutSession:
         spots: SpotPolicy,
         keep_spot_rows: bool = False,
         graphs: bool = True,
+        program: bool = True,
     ) -> None:
         self.writer = FrameWriter(write_fd, deadline=deadline)
         self.reader = FrameReader(read_fd, deadline=deadline)
@@ -156,6 +162,7 @@ class HeldoutSession:
             keep_spot_rows,
             graphs,
         )
+        self.program = program
         self.outcome = SessionOutcome()
 
     def run(self, windows: np.ndarray, window_bytes: np.ndarray, batch_size: int) -> SessionOutcome:
@@ -298,8 +305,14 @@ class HeldoutSession:
         advisory = header.get("advisory")
         self.outcome.advisory = [str(a)[:500] for a in advisory[:20]] if isinstance(advisory, list) else []
         self.outcome.run_graph = self._graph(payload) if self.graphs else None
-        if self.graphs:
-            self.outcome.program = self._read(PROGRAM)[1]
+        if self.program:
+            program = self._read(PROGRAM)[1]
+            if len(program) > MAX_PROGRAM_BYTES:
+                raise MinerFault(
+                    f"the recorded inference pass is {len(program):,} bytes, over {MAX_PROGRAM_BYTES:,}",
+                    code="identity.program_invalid",
+                )
+            self.outcome.program = program
 
 
 def _is_sha256(value: Any) -> bool:
@@ -368,7 +381,7 @@ class HeldoutProcess:
         session = HeldoutSession(
             self.proc.stdin.fileno(), self.proc.protocol.fileno(), deadline=self.started + self.job.limits.wall_s,
             vocab_size=int(self.job.spec.context["vocab_size"]), cap_nats=cap_nats, spots=spots, keep_spot_rows=keep_spot_rows,
-            graphs=self.job.spec.record_graphs,
+            graphs=self.job.spec.record_graphs, program=self.job.spec.record_program,
         )  # fmt: skip
         try:
             return session.run(windows, window_bytes, batch_size)

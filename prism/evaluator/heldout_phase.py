@@ -303,7 +303,8 @@ def run_heldout(
         )
         return HeldoutResult(HeldoutOutcome(), failure, None)
     log_dir.mkdir(parents=True, exist_ok=True)
-    specs = (spec, spec.model_copy(update={"record_graphs": False}))  # the replay's graphs are not used
+    # The replay's graphs and program are not used.
+    specs = (spec, spec.model_copy(update={"record_graphs": False, "record_program": False}))
     jobs = [
         HeldoutJob(
             spec=process_spec,

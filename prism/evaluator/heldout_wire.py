@@ -16,7 +16,7 @@ spots       h -> p     ``batch``, ``positions [[b, t], ...]`` (drawn now)
 rows        p -> h     ``batch``                                             k rows (k*V float32)
 finish      h -> p
 done        p -> h     ``params_sha256``, ``advisory``                       run-context graph JSON
-program     p -> h     (after done, when graphs are recorded)                the inference pass as a program JSON
+program     p -> h     (after done, when ``record_program``)                 the inference pass as a program JSON
 error       p -> h     ``code``, ``fault``, ``message``, ``frames``
 ==========  =========  ====================================================  ==========================
 """
@@ -64,6 +64,10 @@ class EvalProcessSpec(BaseModel):
     record_graphs: bool = Field(
         default=True,
         description="record the canonical and run-context graphs (the replay does not need them)",
+    )
+    record_program: bool = Field(
+        default=True,
+        description="send the inference pass as a program after done, for the program check (not the replay)",
     )
 
 

@@ -27,11 +27,25 @@ from types import TracebackType
 
 from prism.errors import InfrastructureFault
 
+#: Ray's components that would otherwise take a fixed or self-chosen port. Ray refuses to start
+#: when two of them meet on one port, so they are all given distinct free ones.
+PORT_FLAGS = (
+    "ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+    "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
+)  # fmt: skip
+START_ATTEMPTS = 3
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -63,17 +77,29 @@ class LocalRayHead:
     @classmethod
     def start(cls, root: Path, *, num_cpus: int = 2, object_store_bytes: int = 100 << 20) -> LocalRayHead:
         """Start the head and wait until it accepts drivers. ``root`` must be a short path (Ray's
-        Unix sockets live under it)."""
+        Unix sockets live under it). A start that fails (a port taken meanwhile) is retried."""
         root.mkdir(parents=True, exist_ok=True)
+        failure = ""
+        for _ in range(START_ATTEMPTS):
+            head, failure = cls._start_once(root, num_cpus, object_store_bytes)
+            if head is not None:
+                return head
+        raise InfrastructureFault(f"the local Ray head did not start: {failure}", code="ray.head_failed")
+
+    @classmethod
+    def _start_once(
+        cls, root: Path, num_cpus: int, object_store_bytes: int
+    ) -> tuple[LocalRayHead | None, str]:
         env = os.environ | {
             "PRISM_CACHE_DIR": str(root / "cache"), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
         }  # fmt: skip
+        ports = [
+            f"--{flag}={port}" for flag, port in zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True)
+        ]
         command = [
             sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port=0",
             f"--num-cpus={num_cpus}", "--num-gpus=0", f"--object-store-memory={object_store_bytes}",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={root / 'ray'}",
-            f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={root / 'ray'}", *ports,
         ]  # fmt: skip
         log = root / "head.log"
         with log.open("wb") as out:
@@ -87,13 +113,11 @@ class LocalRayHead:
             found = re.search(r"--address='([^']+)'", text)
             if found and "Ray runtime started" in text:
                 head.address = found.group(1)
-                return head
+                return head, ""
             time.sleep(0.5)
+        failure = log.read_text(errors="replace")[-2000:]
         head.stop()
-        raise InfrastructureFault(
-            f"the local Ray head did not start: {log.read_text(errors='replace')[-2000:]}",
-            code="ray.head_failed",
-        )
+        return None, failure
 
     def stop(self, *, remove: bool = False) -> None:
         """Kill the head's process group, then every process still marked as this cluster's."""

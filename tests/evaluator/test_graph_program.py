@@ -247,3 +247,31 @@ def test_shipped_constants_round_trip_exactly():
     shipped = [n for n in program["nodes"] if n["kind"] == "const"]
     values = [torch.frombuffer(bytearray(base64.b64decode(n["data"])), dtype=torch.float32) for n in shipped]
     assert any(torch.equal(v, model.offset) for v in values)
+
+
+class Scatter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, VOCAB)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.emb(tokens).clone()
+        return logits.index_put_((torch.tensor([0]),), torch.zeros(1, tokens.shape[1], VOCAB))
+
+
+def test_an_op_asked_to_skip_its_bounds_checks_is_refused():
+    model = Scatter().eval()
+    program = _program(model)
+    names = [node.get("op") for node in program["nodes"]]
+    index = names.index("aten.index_put_.default")
+    tokens = torch.randint(0, VOCAB, (1, SEQ))
+    # The same write through the op that takes an ``unsafe`` flag (a submission may call it).
+    program["nodes"][index]["op"] = "aten._index_put_impl_.default"
+    args = program["nodes"][index]["args"]
+    program["nodes"][index]["args"] = [*args[:3], False, False]  # accumulate=False, unsafe=False
+    with torch.no_grad():
+        assert torch.equal(ProgramModule(program, model.state_dict())(tokens), model(tokens))
+    program["nodes"][index]["args"] = [*args[:3], False, True]  # unsafe=True
+    with pytest.raises(ProgramError) as excinfo:
+        ProgramModule(program, model.state_dict())(tokens)
+    assert excinfo.value.code == "identity.program_unsupported"

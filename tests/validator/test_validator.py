@@ -395,9 +395,18 @@ def test_wandb_callback_logs_stage_numbers_offline(tmp_path: Path, monkeypatch: 
     callback = WandbCallback(WandbConfig(mode="offline", dir=tmp_path), hotkey="hk")
     callback.on_stage_end("evaluate", {"heldout_bpb": 3.5, "run": "run-x"})
     callback.close()
-    logged = list(tmp_path.rglob("*.wandb"))
+    # wandb's service process writes the offline file; finish() can return a moment before the
+    # last record is on disk, so wait for it (bounded) rather than read once.
+    deadline = time.monotonic() + 20
+    while True:
+        logged = list(tmp_path.rglob("*.wandb"))
+        if any(b"heldout_bpb" in path.read_bytes() for path in logged) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert logged, "wandb wrote no offline run file"
-    assert any(b"heldout_bpb" in path.read_bytes() for path in logged)
+    assert any(b"heldout_bpb" in path.read_bytes() for path in logged), [
+        (str(p.relative_to(tmp_path)), p.stat().st_size) for p in tmp_path.rglob("*") if p.is_file()
+    ]
 
 
 @pytest.mark.slow
