@@ -1,7 +1,7 @@
 """What the held-out integrity checks cost: full protocol against a minimal one, same weights.
 
 The weights are examples/gpt as built at the local_cpu_smoke regime (the cost of the checks does
-not depend on how well the model is trained). Three held-out measurements run back to back, in
+not depend on how well the model is trained). Held-out measurements run back to back, in
 alternating order, each through the real sandbox:
 
 * ``full``: the profile's protocol: every logit row recomputed by the host (V = 257 makes that
@@ -9,7 +9,8 @@ alternating order, each through the real sandbox:
   where no submission code ran) and the prefix replay in a fresh process on ``replay_fraction``
   of the windows;
 * ``minimal``: one spot row per batch, no program check and no replay (what the commit/reveal
-  protocol alone costs).
+  protocol alone costs);
+* ``no_program``: the full protocol without the program check (what the program check adds).
 
 It prints the wall time of each, the host's row-verification time, the replay's added wall
 time, the overhead ``(full - minimal) / full`` (target: under 15%), the fraction of positions
@@ -67,7 +68,8 @@ def main() -> None:
     minimal = profile.heldout.model_copy(update={"replay_fraction": 0.0, "program_windows": 0, "lie_shift_bpb": 10.0, "lie_survival": 0.99})
     limits = SandboxLimits.from_profile(profile.limits, phase="eval")
     isolation = probe_isolation()
-    runs: dict[str, list] = {"full": [], "minimal": []}
+    no_program = profile.heldout.model_copy(update={"program_windows": 0})
+    runs: dict[str, list] = {"full": [], "minimal": [], "no_program": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         weights = _weights(work, ctx)
@@ -77,14 +79,15 @@ def main() -> None:
             max_batch_size=profile.heldout.batch_size,
         )  # fmt: skip
         for repeat in range(args.repeats):
-            order = ("full", "minimal") if repeat % 2 == 0 else ("minimal", "full")
+            order = ("full", "minimal", "no_program") if repeat % 2 == 0 else ("no_program", "minimal", "full")
             for which in order:
-                heldout = profile.heldout if which == "full" else minimal
+                heldout = {"full": profile.heldout, "minimal": minimal, "no_program": no_program}[which]
                 result = run_heldout(spec, windows=windows, window_bytes=window_bytes, heldout=heldout, limits=limits, log_dir=work / f"{which}-{repeat}", isolation=isolation)
                 assert result.failure is None, result.failure
                 runs[which].append(result)
     full_s = [r.outcome.timings_s["total"] for r in runs["full"]]
     minimal_s = [r.outcome.timings_s["total"] for r in runs["minimal"]]
+    no_program_s = [r.outcome.timings_s["total"] for r in runs["no_program"]]
     best_full = min(runs["full"], key=lambda r: r.outcome.timings_s["total"])
     session, replay, program = best_full.session, best_full.outcome.replay, best_full.outcome.program
     program_s = best_full.outcome.timings_s.get("program", 0.0)
@@ -93,6 +96,8 @@ def main() -> None:
         "full_s": [round(x, 3) for x in full_s], "minimal_s": [round(x, 3) for x in minimal_s],
         "integrity_overhead": round((min(full_s) - min(minimal_s)) / min(full_s), 4),
         "integrity_overhead_median": round((statistics.median(full_s) - statistics.median(minimal_s)) / statistics.median(full_s), 4),
+        "no_program_s": [round(x, 3) for x in no_program_s],
+        "program_check_overhead_median": round((statistics.median(full_s) - statistics.median(no_program_s)) / statistics.median(full_s), 4),
         "host_row_verification_s": round(session.timings_s.get("verify", 0.0), 3),
         "direct_cost_fraction": round((session.timings_s.get("verify", 0.0) + best_full.outcome.timings_s.get("replay", 0.0) + program_s) / min(full_s), 4),
         "program_check_s": round(program_s, 3), "program_windows": len(program.windows) if program else 0,

@@ -321,14 +321,16 @@ def _json(value: Any) -> bytes:
 
 def _until_go(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec) -> None:
     """Before ``go`` no submission code has run here: answer program checks, then wait for go."""
+    # Imported while the main evaluation runs (a replay starts warm): the check is on the host's
+    # critical path once the main process has ended, and these imports take a second or two.
+    from prism.evaluator.program_exec import answer_execute
+
     while True:
         header, payload = pipes.reader.read()
         if header["type"] == GO:
             return
         if header["type"] != EXECUTE:
             raise ProtocolError(f"expected execute or go, got {header['type']!r}")
-        from prism.evaluator.program_exec import answer_execute
-
         pipes.writer.write(*answer_execute(header, payload, state, spec))
 
 

@@ -19,8 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+# A dispatch mode's first use imports torch._dynamo (1-2 s): paid here, while the process is warm.
+import torch._dynamo
+
 from prism.errors import PrismError
+from prism.evaluator.context import make_context
 from prism.evaluator.framing import ProtocolError
+from prism.evaluator.graph import record_architecture
 from prism.evaluator.graph_program import ProgramError, ProgramModule
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
 
@@ -62,9 +67,6 @@ def _log_probs(module: torch.nn.Module, window: np.ndarray, device: str, vocab: 
 def _execute(
     windows: np.ndarray, program: Any, state: dict[str, Any], spec: EvalProcessSpec
 ) -> tuple[dict[str, Any], bytes]:
-    from prism.evaluator.context import make_context
-    from prism.evaluator.graph import record_architecture
-
     vocab = int(spec.context["vocab_size"])
     # One fresh module per window: nothing one answer does can reach the next.
     answers = [
