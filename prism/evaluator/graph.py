@@ -63,6 +63,8 @@ ID_HEX_CHARS = 16
 #: A forward at the canonical small context that executes more ops than this is refused: it
 #: would make the graph artifact huge and is not a plausible model at 200k parameters.
 MAX_RECORDED_OPS = 50_000
+#: Values one recording at a *run* context may hold (logits alone are B*T*V floats there).
+RUN_GRAPH_MAX_BYTES = 8 << 30
 
 
 class OpRecord(BaseModel):
@@ -144,7 +146,11 @@ def probe_tokens(ctx: PrismContext) -> torch.Tensor:
 
 
 def record_architecture(
-    model: torch.nn.Module, ctx: PrismContext, *, max_recorded_bytes: int = MAX_RECORDED_BYTES
+    model: torch.nn.Module,
+    ctx: PrismContext,
+    *,
+    max_recorded_bytes: int = MAX_RECORDED_BYTES,
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ArchitectureGraph:
     """Run one canonical forward of ``model`` and return its graph with family and version ids.
 
@@ -153,12 +159,19 @@ def record_architecture(
     checks that no value bypassed the recorder (``graph_trace.untracked_inputs``).
     ``max_recorded_bytes`` bounds the values one forward may hold (1 GiB suits the canonical
     context; recording at a large run context needs more, see docs/identity.md).
+
+    ``inputs`` (two ``(1, T)`` batches) replaces the fixed batches and keeps the model's device
+    and dtypes: the program check records a rebuilt inference pass on windows drawn in secret,
+    as it was scored, so no branch keyed on the public batches or a cast can fold away.
     """
-    model = model.to(device="cpu", dtype=torch.float32).eval()
-    tokens = canonical_tokens(ctx)
+    if inputs is None:
+        model = model.to(device="cpu", dtype=torch.float32).eval()
+        inputs = (canonical_tokens(ctx), probe_tokens(ctx))
+    tokens, other = inputs
+    model = model.eval()
     flop_counter = FlopCounterMode(display=False)
     trace = _trace(model, tokens, ctx, flop_counter, max_recorded_bytes)
-    problem = untracked_inputs(trace, _trace(model, probe_tokens(ctx), ctx, None, max_recorded_bytes))
+    problem = untracked_inputs(trace, _trace(model, other, ctx, None, max_recorded_bytes))
     if problem is not None:
         raise GraphRecordingError(f"identity cannot be recorded: {problem}", code="graph.untracked_value")
     return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())

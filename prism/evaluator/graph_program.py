@@ -53,6 +53,11 @@ MAX_CONSTANT_VALUES = 1 << 24
 ALLOWED_NAMESPACES = frozenset({"aten"})
 #: aten ops that reach outside the process's tensors (files): never executed.
 DENIED_OPS = frozenset({"aten.from_file.default"})
+#: Op families whose kernels trust their inputs' invariants (sparse indices, nested offsets,
+#: quantized or MKL-DNN layouts) or re-point storage (``set_``): a crafted program could write
+#: out of bounds with them. No dense model needs them.
+DENIED_PACKET_PARTS = ("sparse", "nested", "quantize", "mkldnn", "from_file")
+DENIED_PACKETS = frozenset({"set_", "source_Storage"})
 
 
 class ProgramError(MinerFault):
@@ -204,6 +209,8 @@ def _decode(value: Any, env: Callable[[int, int], torch.Tensor], device: torch.d
         return device  # the checking process runs the program on its own device
     if tag in ("dtype", "layout", "memory_format"):
         found = getattr(torch, _text(inner), None)
+        if isinstance(found, torch.layout) and found != torch.strided:
+            raise ProgramError(f"the program asks for a {found} tensor", code="identity.program_unsupported")
         if isinstance(found, (torch.dtype, torch.layout, torch.memory_format)):
             return found
     raise ProgramError(f"the program holds an unknown {tag!r} argument {inner!r:.80}")
@@ -224,7 +231,10 @@ def _pair(value: Any) -> tuple[int, int]:
 def resolve_op(name: Any) -> Any:
     """``aten.add.Tensor`` -> the OpOverload; anything outside ``ALLOWED_NAMESPACES`` is refused."""
     parts = _text(name).split(".")
-    if len(parts) != 3 or parts[0] not in ALLOWED_NAMESPACES or name in DENIED_OPS:
+    denied = len(parts) == 3 and (
+        parts[1] in DENIED_PACKETS or any(part in parts[1] for part in DENIED_PACKET_PARTS)
+    )
+    if len(parts) != 3 or parts[0] not in ALLOWED_NAMESPACES or name in DENIED_OPS or denied:
         raise ProgramError(
             f"the program calls {name!r}, which the checking process does not run",
             code="identity.program_unsupported",
@@ -401,6 +411,10 @@ def _run_op(
             f"program op {index} ({func}) failed: {type(exc).__name__}: {exc}", code="identity.program_failed"
         ) from exc
     outputs = [v for v in tree_flatten(out)[0] if isinstance(v, torch.Tensor)]
+    if any(v.layout != torch.strided for v in outputs):
+        raise ProgramError(
+            f"program op {index} ({func}) made a non-dense tensor", code="identity.program_unsupported"
+        )
     seen = {id(v) for v in outputs}
     outputs.extend(
         t for t in _written_arguments(func, tuple(decoded_args), decoded_kwargs) if id(t) not in seen

@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_MINER_FAULT, EXIT_INFRA_FAULT = 0, 3, 4
 LSE_CHUNK_ROWS = 1024
 PARALLEL_ROW_BYTES = 16_384
-RUN_GRAPH_MAX_BYTES = 8 << 30
 # Advisory in-process causality check (the verdict is the host's replay in a fresh process).
 CAUSALITY_ATOL = 1e-4
 CAUSALITY_RTOL = 1e-4
@@ -200,7 +199,7 @@ class _Evaluator:
     def program(self) -> dict[str, Any]:
         """The inference path as it answered the batches (device, dtype, hooks), as a program the
         host has executed elsewhere (``prism.evaluator.graph_program``)."""
-        from prism.evaluator.graph import canonical_tokens
+        from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, canonical_tokens
         from prism.evaluator.graph_program import record_program
 
         tokens = canonical_tokens(self.ctx).to(self.spec.device)
@@ -208,7 +207,7 @@ class _Evaluator:
 
     def run_graph(self) -> dict[str, Any]:
         """The graph of the trained model at the run's context (identity tied to what was trained)."""
-        from prism.evaluator.graph import record_architecture
+        from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, record_architecture
 
         # After the last batch: recording moves the model to CPU float32. Run contexts are large.
         return record_architecture(self.model, self.ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES).model_dump(

@@ -44,6 +44,7 @@ class HeldoutOutcome:
     replay_process: ProcessRecord = field(default_factory=ProcessRecord)
     replay: ReplayOutcome = field(default_factory=ReplayOutcome)
     program: ProgramCheck | None = None
+    hooks_allowed: bool = True  # the host's own spec: may the inference path be a hook?
     budget: SpotBudget = field(default_factory=lambda: SpotBudget(0, 0, 0, 0.0))
     cap_nats: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -57,7 +58,9 @@ class HeldoutOutcome:
         if self.program is None:
             return None
         claimed = (session.canonical_graph or {}).get("family_id")
-        forward = (session.ready or {}).get("inference_path") == "forward"
+        # The claimed path is the process's word: it only narrows the comparison when the host
+        # itself allowed hooks (the reference recipe never uses them).
+        forward = not self.hooks_allowed or (session.ready or {}).get("inference_path") == "forward"
         return self.program.failure(claimed if isinstance(claimed, str) else None, forward)
 
 
@@ -106,6 +109,7 @@ def measure_heldout(
         replay=ReplayOutcome(tolerance=spec.replay_tolerance_nats),
         budget=budget,
         cap_nats=cap,
+        hooks_allowed=main_job.spec.use_inference_hooks,
     )
     outcome.timings_s["main"] = time.monotonic() - t0
     outcome.timings_s.update({f"main_{k}": v for k, v in main.session.timings_s.items()})
@@ -214,8 +218,9 @@ def compute_failure(
     if budget is None:
         return None
     records = [("heldout", outcome.main, windows * seq_len)]
-    if outcome.replay.pairs:  # one replayed window per pair
-        records.append(("replay", outcome.replay_process, len(outcome.replay.pairs) * seq_len))
+    if outcome.replay.pairs:  # one replayed window per pair, and the program check's windows
+        checked = len(outcome.program.windows) if outcome.program is not None else 0
+        records.append(("replay", outcome.replay_process, (len(outcome.replay.pairs) + checked) * seq_len))
     for phase, record, n in records:
         spent, limit = _spent(record.result, budget.kind), budget.limit_s(n)
         if spent is not None and spent > limit:

@@ -27,13 +27,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prism.errors import MinerFault, PrismError
-from prism.evaluator.framing import ProtocolError
+from prism.evaluator.framing import ChannelTimeout, ProtocolError
 
 if TYPE_CHECKING:
     from prism.evaluator.heldout_host import HeldoutProcess, SessionOutcome
 
 #: Codes the checking process may give a program it refused (anything else: program_failed).
 REFUSAL_PREFIXES = ("identity.", "graph.")
+#: The mean of (committed - program) over every checked position may be at most this fraction
+#: of the per-position tolerance: honest drift has no sign (it is 0 on CPU), a lie for gain has.
+MEAN_SHIFT_FRACTION = 0.1
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ProgramCheck:
     tolerance: float = 0.0
     max_deviation: float = 0.0
     worst: tuple[int, int] | None = None  # (window, position) of the largest deviation
+    mean_shift: float = 0.0  # mean of committed - program log p: > 0 means the committed was kinder
     seconds: float = 0.0
 
     @property
@@ -76,6 +80,11 @@ class ProgramCheck:
         """The miner fault this check found, or None (also None when it could not be sent:
         the process was gone before the submission's program reached it, which is ours)."""
         reply = self.reply
+        if isinstance(reply.error, ChannelTimeout):  # the main evaluation used the time the checks needed
+            return MinerFault(
+                "the evaluation left no time to check its recorded inference pass (wall-clock limit)",
+                code="eval.timeout",
+            )
         if not reply.sent:
             return None
         if reply.refused is not None:
@@ -98,6 +107,12 @@ class ProgramCheck:
                 f"{self.tolerance:.3g}; window {window}, position {position}): the graph shown is not the model that "
                 "answered, or the model's weights or state changed after loading", code="identity.program_mismatch",
             )  # fmt: skip
+        if self.mean_shift > MEAN_SHIFT_FRACTION * self.tolerance:
+            return MinerFault(
+                f"the evaluation's committed log-probabilities are on average {self.mean_shift:.3g} nats above what "
+                f"the recorded inference pass gives on the trained weights (bound {MEAN_SHIFT_FRACTION * self.tolerance:.3g})",
+                code="identity.program_mismatch",
+            )
         if forward_path and claimed_family is not None and self.family_id != claimed_family:
             return MinerFault(
                 f"the model that answered has family {self.family_id} (derived where no submission code ran), but "
@@ -114,15 +129,17 @@ def draw_windows(n_windows: int, count: int, rng: np.random.Generator | None = N
 
 def deviation(
     main: SessionOutcome, chosen: list[int], log_probs: np.ndarray
-) -> tuple[float, tuple[int, int] | None]:
-    """Largest |committed z - L  -  program log p| over every position of the chosen windows."""
+) -> tuple[float, tuple[int, int] | None, float]:
+    """Largest |committed z - L  -  program log p| over every position of the chosen windows,
+    where, and the mean signed difference (committed minus program)."""
     assert main.lse is not None and main.target_logit is not None
     committed = main.target_logit[chosen] - main.lse[chosen]  # (K, T)
-    gaps = np.abs(committed - log_probs)
-    if not np.isfinite(gaps).all():
-        return float("inf"), (chosen[0], 0)
+    signed = committed - log_probs
+    if not np.isfinite(signed).all():
+        return float("inf"), (chosen[0], 0), float("inf")
+    gaps = np.abs(signed)
     k, t = np.unravel_index(int(np.argmax(gaps)), gaps.shape)
-    return float(gaps[k, t]), (chosen[int(k)], int(t))
+    return float(gaps[k, t]), (chosen[int(k)], int(t)), float(signed.mean())
 
 
 def check_program(
@@ -134,7 +151,9 @@ def check_program(
     assert main.program is not None
     check.reply = process.execute(main.program, windows[check.windows])
     if check.reply.log_probs is not None:
-        check.max_deviation, check.worst = deviation(main, check.windows, check.reply.log_probs)
+        check.max_deviation, check.worst, check.mean_shift = deviation(
+            main, check.windows, check.reply.log_probs
+        )
     check.seconds = time.monotonic() - started
     return check
 

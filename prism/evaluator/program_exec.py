@@ -25,7 +25,7 @@ import torch._dynamo
 from prism.errors import PrismError
 from prism.evaluator.context import make_context
 from prism.evaluator.framing import ProtocolError
-from prism.evaluator.graph import record_architecture
+from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, record_architecture
 from prism.evaluator.graph_program import ProgramError, ProgramModule
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
 
@@ -73,8 +73,16 @@ def _execute(
         _log_probs(ProgramModule(program, state).to(spec.device).eval(), window, spec.device, vocab)
         for window in windows
     ]
-    ctx = make_context(spec.context, device="cpu", total_steps=spec.total_steps)
-    graph = record_architecture(ProgramModule(program, state), ctx).summary()
+    ctx = make_context(spec.context, device=spec.device, total_steps=spec.total_steps)
+    # The family is recorded on the drawn windows (secret until now), as the pass was scored.
+    first = torch.from_numpy(windows[0, None, :-1].copy()).to(spec.device)
+    second = torch.from_numpy(
+        windows[-1, None, :-1].copy() if len(windows) > 1 else windows[0, None, -2::-1].copy()
+    )
+    module = ProgramModule(program, state).to(spec.device)
+    graph = record_architecture(
+        module, ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES, inputs=(first, second.to(spec.device))
+    ).summary()
     return {"type": EXECUTED, "graph": graph}, np.stack(answers).astype("<f8").tobytes()
 
 

@@ -127,6 +127,16 @@ def _first(program: dict, kind: str) -> int:
         (lambda p: _mutated(p, _first(p, "const"), data="***"), "identity.program_invalid"),
         (lambda p: _mutated(p, _first(p, "const"), shape=[10**6]), "identity.program_invalid"),
         (lambda p: _mutated(p, 0, kind="oracle"), "identity.program_invalid"),
+        (
+            lambda p: _mutated(
+                p, _first(p, "op"), op="aten._sparse_coo_tensor_with_dims_and_tensors.default"
+            ),
+            "identity.program_unsupported",
+        ),
+        (
+            lambda p: _mutated(p, _first(p, "op"), op="aten.set_.source_Tensor"),
+            "identity.program_unsupported",
+        ),
         (lambda p: {**p, "schema": "other"}, "identity.program_invalid"),
         (lambda p: {**p, "output": [10**6, 0]}, "identity.program_invalid"),
     ],
@@ -212,7 +222,7 @@ def test_the_host_refuses_a_program_whose_answers_or_family_differ():
     honest = committed[[1, 3]] + 1e-7
     check = ProgramCheck(windows=[1, 3], tolerance=1e-3)
     check.reply = ProgramReply(sent=True, log_probs=honest, graph={"family_id": "fam-a"})
-    check.max_deviation, check.worst = deviation(main, check.windows, honest)
+    check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, honest)
     assert check.failure("fam-a", forward_path=True) is None
     family = check.failure("fam-b", forward_path=True)
     assert family is not None and family.code == "identity.program_family_mismatch"
@@ -220,7 +230,7 @@ def test_the_host_refuses_a_program_whose_answers_or_family_differ():
 
     lied = honest.copy()
     lied[1, 5] += 0.01
-    check.max_deviation, check.worst = deviation(main, check.windows, lied)
+    check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, lied)
     assert check.worst == (3, 5) and math.isclose(check.max_deviation, 0.01, rel_tol=1e-3)
     mismatch = check.failure("fam-a", forward_path=True)
     assert mismatch is not None and mismatch.code == "identity.program_mismatch" and mismatch.fault == "miner"
@@ -274,4 +284,46 @@ def test_an_op_asked_to_skip_its_bounds_checks_is_refused():
     program["nodes"][index]["args"] = [*args[:3], False, True]  # unsafe=True
     with pytest.raises(ProgramError) as excinfo:
         ProgramModule(program, model.state_dict())(tokens)
+    assert excinfo.value.code == "identity.program_unsupported"
+
+
+def test_a_small_lie_at_every_position_is_caught_by_its_mean():
+    committed = np.log(np.full((4, SEQ), 0.25))
+    main = _session(committed)
+    program = committed[[0, 2]] - 9e-4  # each position inside the tolerance, all kinder to the model
+    check = ProgramCheck(
+        windows=[0, 2],
+        tolerance=1e-3,
+        reply=ProgramReply(sent=True, log_probs=program, graph={"family_id": "f"}),
+    )
+    check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, program)
+    assert check.max_deviation < check.tolerance and math.isclose(check.mean_shift, 9e-4, rel_tol=1e-6)
+    failure = check.failure("f", forward_path=True)
+    assert (
+        failure is not None
+        and failure.code == "identity.program_mismatch"
+        and "on average" in failure.message
+    )
+    noise = committed[[0, 2]] + np.random.default_rng(0).normal(0.0, 3e-4, size=(2, SEQ)).clip(-9e-4, 9e-4)
+    check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, noise)
+    assert check.failure("f", forward_path=True) is None  # unsigned drift passes
+
+
+def test_a_checker_out_of_time_is_the_evaluations_fault_even_before_the_program_reached_it():
+    from prism.evaluator.framing import ChannelTimeout
+
+    reply = ProgramReply(sent=False, error=ChannelTimeout("deadline passed"))
+    failure = ProgramCheck(windows=[0], reply=reply).failure("f", forward_path=True)
+    assert failure is not None and failure.code == "eval.timeout" and failure.fault == "miner"
+
+
+def test_a_program_asking_for_a_sparse_layout_is_refused():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    program = _program(model)
+    index = next(i for i, n in enumerate(program["nodes"]) if n["kind"] == "op" and "layout" in json.dumps(n))
+    text = json.dumps(program["nodes"][index]).replace('"strided"', '"sparse_coo"')
+    program["nodes"][index] = json.loads(text)
+    with pytest.raises(ProgramError) as excinfo:
+        ProgramModule(program, model.state_dict())(torch.zeros(1, SEQ, dtype=torch.long))
     assert excinfo.value.code == "identity.program_unsupported"

@@ -314,7 +314,59 @@ def build_model(ctx):
 """
 
 
-@pytest.mark.parametrize("body", [DECOY_FOR_ONE_ROW, FORGED_GRAPH], ids=["one-row-decoy", "forged-graph"])
+# The forged recorder again, and the ready frame's claimed inference path rewritten to a hook's:
+# a host that believed the claim would skip the family comparison.
+CLAIMS_A_HOOK = FORGED_GRAPH.replace(
+    "    return Measured(ctx.vocab_size)",
+    """    framing = _module("prism.evaluator.framing")
+    if H is not None and not getattr(framing, "claimed", False):
+        write = framing.FrameWriter.write
+
+        def claiming(self, header, payload=b""):
+            if header.get("type") == "ready":
+                header = {**header, "inference_path": "infer"}
+            return write(self, header, payload)
+
+        framing.FrameWriter.write, framing.claimed = claiming, True
+    return Measured(ctx.vocab_size)""",
+)
+
+# A gate keyed on the fixed recording tokens: every token id the canonical and probe batches
+# use (at T = 32 and at the run's T) reads 0 from ``marker``, every other id reads 100. On those
+# batches the gate is the constant 0 and the real branch folds away, so every graph recorded on
+# them shows the decoy; on real text the gate is 1 and the real branch answers.
+GATED_ON_THE_RECORDING_TOKENS = """
+def _recording_ids(vocab, lengths=(32, 64)):  # the canonical T and the attack profile's T
+    ids = set()
+    for n in lengths:
+        for i in range(n):
+            ids.add((i * 7919 + 13) % vocab)
+            ids.add((i * 104729 + 71) % vocab)
+    return ids
+
+
+class Gated(Real):
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        marker = torch.full((vocab_size,), 100.0)
+        marker[sorted(_recording_ids(vocab_size))] = 0.0
+        self.register_buffer("marker", marker)
+
+    def forward(self, tokens):
+        g = (self.marker[tokens] > 50).any().to(torch.float32)
+        return self.decoy_forward(tokens) * (1 - g) + self.real_forward(tokens) * g
+
+
+def build_model(ctx):
+    return Gated(ctx.vocab_size)
+"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [DECOY_FOR_ONE_ROW, FORGED_GRAPH, CLAIMS_A_HOOK, GATED_ON_THE_RECORDING_TOKENS],
+    ids=["one-row-decoy", "forged-graph", "forged-graph-claiming-a-hook", "gated-on-the-recording-tokens"],
+)
 def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, tinylm_twin, body):
     run = attack_run(source(REAL + body))
     recorded = run.manifest.submission.family_id
