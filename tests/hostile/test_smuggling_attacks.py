@@ -117,6 +117,20 @@ def build_model(ctx):
     return Smuggler(ctx.vocab_size)
 """
 
+# The same table, kept live on the public recording batches: their token pairs are mapped to a
+# row of the table (every other one), so neither branch folds away where the claimed family is recorded
+# and the family derived on real windows (the program check) is the same one.
+SMUGGLER_LIVE_AT_RECORDING = SMUGGLER.replace(
+    """    rows.append(torch.zeros(vocab))
+    return index, torch.stack(rows)""",
+    """    for n in (32, 64):  # the canonical T and the attack profile's T
+        for ids in ([(i * 7919 + 13) % vocab for i in range(n)], [(i * 104729 + 71) % vocab for i in range(n)]):
+            for a, b in list(zip([ids[0], *ids[:-1]], ids))[::2]:  # half: neither branch is constant
+                index[a, b] = 0
+    rows.append(torch.zeros(vocab))
+    return index, torch.stack(rows)""",
+)
+
 BLEND_ALWAYS = """
 def blend(model):
     return 1.0
@@ -152,21 +166,31 @@ def test_a_table_in_string_literals_is_flagged_by_the_early_probe(attack_run, co
     assert_stopped(run, tinylm_twin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual at smoke scale (docs/security.md, 'Smuggled weights'): the probe is the model's own output and the gate is advisory; a few-KB trigram table inside the 200 KB source budget still dwarfs what a smoke-sized model learns",
-)
+# These two are stopped, but not as a class: the table's lookup branch is constant on the public
+# recording batches (none of their byte pairs is in the table), so the claimed family omits it,
+# and the family the program check derives on real windows does not (program_family_mismatch).
 def test_a_table_in_literals_hidden_from_the_probe_is_stopped(attack_run, corpus_text, tinylm_twin):
     run = attack_run(source(_in_literals(_packed_table(corpus_text)) + SMUGGLER + BLEND_ONLY_AT_EVAL))
     assert_stopped(run, tinylm_twin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual at smoke scale (docs/security.md, 'Smuggled weights'): as the literal version, carried in comments",
-)
 def test_a_table_in_comments_ramped_in_during_training_is_stopped(attack_run, corpus_text, tinylm_twin):
     run = attack_run(source(_in_comments(_packed_table(corpus_text)) + SMUGGLER + BLEND_RAMP))
+    assert_stopped(run, tinylm_twin)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="residual at smoke scale (docs/security.md, 'Smuggled weights'): the probe is the model's own output and the gate is advisory; a few-KB trigram table inside the 200 KB source budget, kept live on the recording batches so its family is honest, still dwarfs what a smoke-sized model learns",
+)
+@pytest.mark.parametrize("carrier", ["literals", "comments"])
+def test_a_table_live_on_the_recording_batches_is_stopped(attack_run, corpus_text, tinylm_twin, carrier):
+    packed = _packed_table(corpus_text)
+    if carrier == "literals":
+        body = _in_literals(packed) + SMUGGLER_LIVE_AT_RECORDING + BLEND_ONLY_AT_EVAL
+    else:
+        body = _in_comments(packed) + SMUGGLER_LIVE_AT_RECORDING + BLEND_ONLY_AT_EVAL
+    run = attack_run(source(body))
     assert_stopped(run, tinylm_twin)
 
 
