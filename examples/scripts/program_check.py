@@ -1,0 +1,74 @@
+"""What the program check sees of a submission: its inference pass as a program, run without its code.
+
+    python examples/scripts/program_check.py [--project examples/gpt] [--seq-len 64]
+
+A validator records the held-out process's inference pass as a program (aten ops, arguments,
+which tensor of the weights file each source is) and runs it again in a process that never
+imported the submission (docs/evaluator_measurement.md, "The program check"). This script does
+both halves in one process on a freshly built model, so a miner can see, before submitting, that
+the rebuilt program gives their model's logits and family: a model whose answers depend on
+anything the program does not carry (state kept between calls, Python branches on token values,
+custom ops) is refused by validators. It prints JSON: program size, the values shipped outside
+the weights, the largest logit difference on random windows, and both family ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from prism.evaluator.context import make_context
+from prism.evaluator.graph import record_architecture
+from prism.evaluator.graph_program import ProgramModule, record_program
+from prism.evaluator.loading import load_submission_modules
+from prism.submission import load_submission
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=Path, default=ROOT / "examples" / "gpt")
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--windows", type=int, default=4)
+    args = parser.parse_args()
+    submission = load_submission(args.project)
+    loaded = load_submission_modules(args.project, submission.architecture_entrypoint, None)
+    values = {
+        "vocab_size": 257,
+        "sequence_length": args.seq_len,
+        "max_parameters": 400_000,
+        "max_layers": 4,
+        "seed": 1,
+    }
+    ctx = make_context(values)
+    torch.manual_seed(ctx.seed)
+    model = loaded.architecture.build_model(ctx).eval()
+    tokens = torch.randint(0, ctx.vocab_size, (1, ctx.sequence_length))
+    program = json.loads(json.dumps(record_program(model, model, tokens)))  # as it crosses the pipe
+    state = model.state_dict()
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(args.windows):
+            window = torch.randint(0, ctx.vocab_size, (1, ctx.sequence_length))
+            worst = max(worst, float((ProgramModule(program, state)(window) - model(window)).abs().max()))
+    shipped = [node for node in program["nodes"] if node["kind"] == "const"]
+    report = {
+        "project": str(args.project),
+        "program_nodes": len(program["nodes"]),
+        "program_bytes": len(json.dumps(program)),
+        "shipped_constants": [{"dtype": n["dtype"], "shape": n["shape"]} for n in shipped],
+        "max_abs_logit_difference": worst,
+        "family_of_the_model": record_architecture(model, ctx).family_id,
+        "family_of_the_program": record_architecture(ProgramModule(program, state), ctx).family_id,
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if worst == 0.0 and report["family_of_the_model"] == report["family_of_the_program"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
