@@ -165,7 +165,7 @@ def record_architecture(
     as it was scored, so no branch keyed on the public batches or a cast can fold away.
     """
     if inputs is None:
-        model = model.to(device="cpu", dtype=torch.float32).eval()
+        model = model.to(device="cpu", dtype=torch.float32)
         inputs = (canonical_tokens(ctx), probe_tokens(ctx))
     tokens, other = inputs
     model = model.eval()
