@@ -238,7 +238,15 @@ class IntegrityRecord(_Strict):
     program_max_deviation_nats: float | None = None
     program_family_id: str | None = Field(
         default=None,
-        description="the family derived from the recorded inference pass, outside the submission",
+        description="the program's family on the public recording batches, derived outside the submission "
+        "(compared with the claimed family)",
+    )
+    program_family_window: int | None = Field(
+        default=None, description="the held-out window, drawn from the held-out seed, of the window family"
+    )
+    program_window_family_id: str | None = Field(
+        default=None,
+        description="the program's family on that window: evidence (value-dependent folds change honest families)",
     )
     clipped_positions: int = Field(default=0, description="positions whose loss hit the per-position cap")
 

@@ -39,3 +39,4 @@ def test_program_check_script_rebuilds_each_example_bit_for_bit(project: str) ->
     out = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert out["max_abs_logit_difference"] == 0.0
     assert out["family_of_the_model"] == out["family_of_the_program"]
+    assert out["weights_read_only_on_the_window"] == []

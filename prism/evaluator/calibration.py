@@ -15,7 +15,9 @@ the hardware, the software stack, the profile and the regime. New hardware re-me
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -24,6 +26,8 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -186,36 +190,59 @@ def calibrate(
     cache_dir: Path,
     isolation: sb.IsolationProbe,
 ) -> Calibration:
-    """The cached calibration for this hardware and regime, measured now when there is none."""
+    """The cached calibration for this hardware and regime, measured now when there is none.
+
+    Evaluations on one machine (two workers, two validators sharing a state dir) may ask at once:
+    the first measures under a lock, the others wait and read what it wrote."""
     hardware = hardware_fingerprint(profile.device)
     key = calibration_key(profile, regime, nproc, hardware)
     path = cache_dir / f"calibration-{key}.json"
-    if path.is_file():
-        try:
-            return Calibration.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValueError:
-            logger.warning("ignoring an unreadable calibration %s", path)
-    logger.info("calibrating training compute for %s/%s on this machine", profile.key, regime.name)
-    work = cache_dir / f"work-{key}"
-    try:
-        points = [
-            _measure(profile, regime, steps, data_dir, vocab_size, eos_id, nproc, isolation, work)
-            for steps in _steps(regime)
-        ]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    kind = points[0][2]
-    measured = [(tokens, seconds) for tokens, seconds, _ in points]
-    fixed, per_token = _fit(measured)
-    calibration = Calibration(
-        key=key, kind=kind, fixed_s=fixed, per_token_s=per_token, points=measured,
-        hardware=hardware, measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    )  # fmt: skip
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(calibration.model_dump_json(indent=2), encoding="utf-8")
-    tmp.replace(path)
-    return calibration
+    with _locked(cache_dir / f"calibration-{key}.lock"):
+        cached = _cached(path)
+        if cached is not None:
+            return cached
+        logger.info("calibrating training compute for %s/%s on this machine", profile.key, regime.name)
+        work = Path(tempfile.mkdtemp(prefix=f"work-{key}-", dir=cache_dir))
+        try:
+            points = [
+                _measure(profile, regime, steps, data_dir, vocab_size, eos_id, nproc, isolation, work)
+                for steps in _steps(regime)
+            ]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        kind = points[0][2]
+        measured = [(tokens, seconds) for tokens, seconds, _ in points]
+        fixed, per_token = _fit(measured)
+        calibration = Calibration(
+            key=key, kind=kind, fixed_s=fixed, per_token_s=per_token, points=measured,
+            hardware=hardware, measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )  # fmt: skip
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(calibration.model_dump_json(indent=2), encoding="utf-8")
+        tmp.replace(path)
+        return calibration
+
+
+def _cached(path: Path) -> Calibration | None:
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError:
+        logger.warning("ignoring an unreadable calibration %s", path)
+        return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (released when the process dies, too)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 __all__ = ["Calibration", "calibrate", "calibration_key", "hardware_fingerprint"]

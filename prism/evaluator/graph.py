@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -145,6 +146,27 @@ def probe_tokens(ctx: PrismContext) -> torch.Tensor:
     return ((positions * 104729 + 71) % ctx.vocab_size).unsqueeze(0)
 
 
+def public_batches(canonical: PrismContext, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The canonical and probe batches repeated to ``length`` positions: the same token ids and
+    (but for the wrap) the same neighbours as at the canonical context, so a fold that depends on
+    which ids occur (a document mask on a batch without an end-of-text id) folds the same way."""
+    reps = -(-length // canonical.sequence_length)
+    first, second = canonical_tokens(canonical), probe_tokens(canonical)
+    return first.repeat(1, reps)[:, :length], second.repeat(1, reps)[:, :length]
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recorded graph and the parameters its output depends on (names, first use first).
+
+    Folds that depend on the values seen can change a family from one input to another (a
+    document mask is a constant on a batch with no end-of-text id); they never make a trained
+    weight appear. The program check compares these names across inputs for that reason."""
+
+    graph: ArchitectureGraph
+    live_parameters: tuple[str, ...]
+
+
 def record_architecture(
     model: torch.nn.Module,
     ctx: PrismContext,
@@ -164,6 +186,22 @@ def record_architecture(
     and dtypes: the program check records a rebuilt inference pass on windows drawn in secret,
     as it was scored, so no branch keyed on the public batches or a cast can fold away.
     """
+    return record_forward(model, ctx, max_recorded_bytes=max_recorded_bytes, inputs=inputs).graph
+
+
+def record_forward(
+    model: torch.nn.Module,
+    ctx: PrismContext,
+    *,
+    max_recorded_bytes: int = MAX_RECORDED_BYTES,
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    rebuilt: bool = False,
+) -> Recording:
+    """``record_architecture``, with the names of the parameters the output depends on.
+
+    ``rebuilt``: the model is a ``graph_program.ProgramModule``, which runs aten ops only and
+    passes nothing but tensors between them, so no value can leave torch and come back; the
+    second forward that looks for one is skipped (``inputs[1]`` is not used)."""
     if inputs is None:
         model = model.to(device="cpu", dtype=torch.float32)
         inputs = (canonical_tokens(ctx), probe_tokens(ctx))
@@ -171,7 +209,7 @@ def record_architecture(
     model = model.eval()
     flop_counter = FlopCounterMode(display=False)
     trace = _trace(model, tokens, ctx, flop_counter, max_recorded_bytes)
-    problem = untracked_inputs(trace, _trace(model, other, ctx, None, max_recorded_bytes))
+    problem = None if rebuilt else untracked_inputs(trace, _trace(model, other, ctx, None, max_recorded_bytes))
     if problem is not None:
         raise GraphRecordingError(f"identity cannot be recorded: {problem}", code="graph.untracked_value")
     return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())
@@ -207,7 +245,7 @@ def canonicalize(trace: Trace, parameters: list[tuple[list[int], str]]) -> Emitt
 
 def _build_graph(
     model: torch.nn.Module, ctx: PrismContext, trace: Trace, flops: float, n_tokens: int
-) -> ArchitectureGraph:
+) -> Recording:
     parameters = [
         ParameterRecord(name=name, shape=list(p.shape), dtype=str(p.dtype).removeprefix("torch."))
         for name, p in model.named_parameters()
@@ -232,7 +270,7 @@ def _build_graph(
     family_ops = collapse_repeats(emitted.tokens)
     family_sha = _sha256_json({"schema": GRAPH_SCHEMA, "family_ops": family_ops})
     version_sha = _sha256_json({"schema": GRAPH_SCHEMA, **emitted.version})
-    return ArchitectureGraph(
+    graph = ArchitectureGraph(
         family_id=FAMILY_PREFIX + family_sha[:ID_HEX_CHARS],
         family_sha256=family_sha,
         version_id=VERSION_PREFIX + version_sha[:ID_HEX_CHARS],
@@ -250,6 +288,7 @@ def _build_graph(
         modules=_module_records(model),
         parameters=parameters,
     )
+    return Recording(graph, tuple(parameters[i].name for i in emitted.parameters_used))
 
 
 def _op_records(trace: Trace, emitted: Emitted) -> list[OpRecord]:
@@ -309,8 +348,11 @@ __all__ = [
     "ModuleRecord",
     "OpRecord",
     "ParameterRecord",
+    "Recording",
     "canonical_tokens",
     "collapse_repeats",
     "probe_tokens",
+    "public_batches",
     "record_architecture",
+    "record_forward",
 ]

@@ -40,6 +40,8 @@ class Emitted:
     tokens: list[str]
     version: dict[str, Any]
     op_counts: dict[str, int]
+    #: Indices (registration order) of the parameters the output depends on, first use first.
+    parameters_used: list[int]
 
 
 def _key(edge: Edge) -> tuple[int, int]:
@@ -214,7 +216,9 @@ def emit(graph: CanonGraph, parameters: list[tuple[list[int], str]]) -> Emitted:
         "parameters": [[list(parameters[i][0]), str(parameters[i][1])] for i in by_use],
     }
     counts = dict(sorted(Counter(n.op for n in order).items()))
-    return Emitted(order=order, tokens=orderer.tokens(order), version=version, op_counts=counts)
+    return Emitted(
+        order=order, tokens=orderer.tokens(order), version=version, op_counts=counts, parameters_used=by_use
+    )
 
 
 __all__ = ["Emitted", "consumer_counts", "emit", "reachable"]

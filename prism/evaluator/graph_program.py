@@ -335,6 +335,12 @@ class ProgramModule(torch.nn.Module):
             self._slots[name] = slot
         return self._slots[name]
 
+    def weights_file_name(self, attribute: str) -> str:
+        """The weights-file name of a registered parameter or buffer (``attribute`` itself for a
+        shipped constant)."""
+        names = {slot: name for name, slot in self._slots.items()}
+        return names.get(attribute, attribute)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         values: list[list[torch.Tensor]] = []
 

@@ -207,12 +207,17 @@ class _Evaluator:
 
     def run_graph(self) -> dict[str, Any]:
         """The graph of the trained model at the run's context (identity tied to what was trained)."""
-        from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, record_architecture
+        from prism.evaluator.context import make_context
+        from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, public_batches, record_architecture
 
-        # After the last batch: recording moves the model to CPU float32. Run contexts are large.
-        return record_architecture(self.model, self.ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES).model_dump(
-            mode="json"
-        )
+        # After the last batch: the model moves to CPU float32. Run contexts are large. The batches
+        # are the canonical ones repeated to the run's length: the same token ids as the claim was
+        # recorded on, so a fold that depends on which ids occur folds the same way in both.
+        canonical = make_context(self.spec.canonical_context, seed=self.ctx.seed)
+        model = self.model.to(device="cpu", dtype=self.t.torch.float32)
+        inputs = public_batches(canonical, self.ctx.sequence_length)
+        graph = record_architecture(model, self.ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES, inputs=inputs)
+        return graph.model_dump(mode="json")
 
     def _build(self, ctx: Any, what: str) -> Any:
         model = call_submission("eval.build_failed", what, self.build_model, ctx)
@@ -322,8 +327,9 @@ def _until_go(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec) -> No
     """Before ``go`` no submission code has run here: answer program checks, then wait for go."""
     # Imported while the main evaluation runs (a replay starts warm): the check is on the host's
     # critical path once the main process has ended, and these imports take a second or two.
-    from prism.evaluator.program_exec import answer_execute
+    from prism.evaluator.program_exec import answer_execute, warm_up
 
+    warm_up()
     while True:
         header, payload = pipes.reader.read()
         if header["type"] == GO:

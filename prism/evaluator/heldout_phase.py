@@ -76,9 +76,11 @@ def measure_heldout(
     windows: np.ndarray,
     window_bytes: np.ndarray,
     spec: HeldoutSpec,
+    family_seed: int | None = None,
 ) -> HeldoutOutcome:
     """Measure held-out bpb with forge-proof reveals, then replay a sample in a fresh process
-    started only after the main one has ended."""
+    started only after the main one has ended. ``family_seed`` (the evaluation's held-out seed)
+    picks the program check's family window; None where no family is compared."""
     n, seq_len = windows.shape[0], windows.shape[1] - 1
     vocab = int(main_job.spec.context["vocab_size"])
     cap = spec.position_cap_factor * math.log(vocab)
@@ -119,7 +121,12 @@ def measure_heldout(
     if outcome.succeeded and main.session.program is not None and spec.program_windows:
         # Before the replay's go: that process has not loaded the submission yet (program_check).
         outcome.program = check_program(
-            replay_process, main.session, windows, spec.program_windows, spec.replay_tolerance_nats
+            replay_process,
+            main.session,
+            windows,
+            spec.program_windows,
+            spec.replay_tolerance_nats,
+            family_seed,
         )
         outcome.timings_s["program"] = outcome.program.seconds
     count = replay_count(n, spec.batch_size, spec.replay_fraction)
@@ -292,6 +299,7 @@ def run_heldout(
     isolation: IsolationProbe,
     extra_binds: tuple[Bind, ...] = (),
     compute: EvalComputeBudget | None = None,
+    family_seed: int | None = None,
 ) -> HeldoutResult:
     """Measure one weights file on the given windows: check the file, evaluate, replay, decide.
 
@@ -322,7 +330,7 @@ def run_heldout(
         )
         for process_spec, name in zip(specs, ("heldout.log", "replay.log"), strict=True)
     ]
-    outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout)
+    outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout, family_seed)
     failure = first_failure(*(decide(o) for o in observations(outcome)))
     if failure is None:
         failure = compute_failure(outcome, compute, int(windows.shape[0]), int(windows.shape[1]) - 1)

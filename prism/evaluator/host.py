@@ -232,6 +232,7 @@ def _heldout(ev: RunEvidence, submission_dir: Path) -> Failure | None:
         isolation=ev.isolation,
         extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
         compute=_eval_compute_budget(ev),
+        family_seed=plan.heldout_seed,
     )
     ev.heldout, ev.window_bytes = result.outcome, window_bytes
     for name, record in (("heldout", result.outcome.main), ("replay", result.outcome.replay_process)):

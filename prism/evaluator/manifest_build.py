@@ -236,7 +236,9 @@ def build_integrity(ev: RunEvidence) -> IntegrityRecord | None:
         program_max_deviation_nats=h.program.max_deviation
         if h.program and h.program.reply.log_probs is not None
         else None,
-        program_family_id=h.program.family_id if h.program else None,
+        program_family_id=h.program.public_family_id if h.program else None,
+        program_family_window=h.program.windows[0] if h.program and h.program.windows else None,
+        program_window_family_id=h.program.family_id if h.program else None,
         clipped_positions=session.clipped,
     )
 

@@ -1,10 +1,13 @@
 """The program check (host side, no torch): the measured function, executed where no submission ran.
 
 The main held-out process sends its inference pass as a program (``graph_program``) after it
-has committed every batch. The host then draws windows (fresh OS entropy: the draw never changes
-an honest score) and hands program and windows to a process that has read the trusted weights but
-not yet loaded the submission (the replay, before ``go``; ``program_exec``). What that process
-returns is trusted: it never ran submission code. The check fails, a miner fault, when
+has committed every batch. The host then picks windows and hands program and windows to a
+process that has read the trusted weights but not yet loaded the submission (the replay, before
+``go``; ``program_exec``). What that process returns is trusted: it never ran submission code.
+The first window is the *family window*, drawn from the evaluation's held-out seed (shared by
+every validator, unknown to the sandbox), because the family derived on it decides a verdict and
+two honest validators must reach the same one; the others come from fresh OS entropy (the
+deviation check never changes an honest score). The check fails, a miner fault, when
 
 * the program cannot be rebuilt or run there (``identity.program_invalid`` / ``_unsupported`` /
   ``_failed``; a process that dies or times out while it runs the program counts as failed: the
@@ -13,12 +16,20 @@ returns is trusted: it never ran submission code. The check fails, a miner fault
   committed ``z - L`` by more than the replay tolerance (``identity.program_mismatch``): the
   graph shown is a decoy, the recorder was patched, the weights in memory are not the file's,
   or the answers depended on state the program does not have;
-* on the plain forward path, the family id derived there differs from the one the main process
-  claimed for the canonical context (``identity.program_family_mismatch``).
+* on the plain forward path, the family the program has on the public recording batches (the
+  ones the claim was recorded on, repeated to the run's length) differs from the claimed one
+  (``identity.program_family_mismatch``): the recorder lied, or a Python branch chose another
+  path for the recording;
+* on the family window the program reads trained weights it does not read on the public
+  batches (``identity.program_family_mismatch``): a branch gated on the public batches, hidden
+  from every recording made on them. A family that differs there *without* new weights is
+  evidence only (manifest ``program_window_family_id``): folds that depend on the values seen
+  (a document mask on a window with no end-of-text id) change honest families too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -45,20 +56,26 @@ class ProgramReply:
 
     sent: bool = False
     log_probs: np.ndarray | None = None  # (K, T)
-    graph: dict[str, Any] | None = None  # the program's architecture summary, derived there
+    graph: dict[str, Any] | None = None  # the program's graph summary on the family window
+    public_graph: dict[str, Any] | None = None  # ... and on the public recording batches
+    window_parameters: tuple[str, ...] = ()  # weights its output reads on the family window
+    public_parameters: tuple[str, ...] = ()  # ... and on the public batches
     refused: dict[str, str] | None = None  # its typed verdict on a program it could not run
     error: PrismError | None = None  # the channel broke (or the process died)
 
     def parse(self, header: dict[str, Any], payload: bytes, windows: int, seq_len: int) -> None:
-        error, graph = header.get("error"), header.get("graph")
+        error = header.get("error")
         if isinstance(error, dict):
             self.refused = {"code": str(error.get("code", "")), "message": str(error.get("message", ""))}
             return
-        if not isinstance(graph, dict) or not isinstance(graph.get("family_id"), str):
-            raise ProtocolError("executed frame lacks the program's graph")
+        graph, public = header.get("graph"), header.get("public_graph")
+        for summary in (graph, public):
+            if not isinstance(summary, dict) or not isinstance(summary.get("family_id"), str):
+                raise ProtocolError("executed frame lacks the program's graphs")
+        self.window_parameters, self.public_parameters = _parameter_lists(header.get("parameters"))
         if len(payload) != windows * seq_len * 8:
             raise ProtocolError(f"executed frame has {len(payload)} bytes, expected {windows * seq_len * 8}")
-        self.graph = graph
+        self.graph, self.public_graph = graph, public
         self.log_probs = np.frombuffer(payload, dtype="<f8").reshape(windows, seq_len)
 
 
@@ -74,11 +91,28 @@ class ProgramCheck:
 
     @property
     def family_id(self) -> str | None:
+        """The program's family on the family window."""
         return str(self.reply.graph["family_id"]) if self.reply.graph is not None else None
+
+    @property
+    def public_family_id(self) -> str | None:
+        """The program's family on the public recording batches."""
+        return str(self.reply.public_graph["family_id"]) if self.reply.public_graph is not None else None
+
+    @property
+    def hidden_parameters(self) -> list[str]:
+        """Weights read on the family window but not on the public batches."""
+        public = set(self.reply.public_parameters)
+        return [name for name in self.reply.window_parameters if name not in public]
 
     def failure(self, claimed_family: str | None, forward_path: bool) -> MinerFault | None:
         """The miner fault this check found, or None (also None when it could not be sent:
         the process was gone before the submission's program reached it, which is ours)."""
+        return (
+            self._run_fault() or self._deviation_fault() or self._family_fault(claimed_family, forward_path)
+        )
+
+    def _run_fault(self) -> MinerFault | None:
         reply = self.reply
         if isinstance(reply.error, ChannelTimeout):  # the main evaluation used the time the checks needed
             return MinerFault(
@@ -99,6 +133,11 @@ class ProgramCheck:
                 f"the process executing the recorded inference pass failed ({detail}); the program was the "
                 "submission's", code="identity.program_failed",
             )  # fmt: skip
+        return None
+
+    def _deviation_fault(self) -> MinerFault | None:
+        if not self.reply.sent or self.reply.log_probs is None:
+            return None
         if self.max_deviation > self.tolerance:
             window, position = self.worst or (-1, -1)
             return MinerFault(
@@ -113,18 +152,57 @@ class ProgramCheck:
                 f"the recorded inference pass gives on the trained weights (bound {MEAN_SHIFT_FRACTION * self.tolerance:.3g})",
                 code="identity.program_mismatch",
             )
-        if forward_path and claimed_family is not None and self.family_id != claimed_family:
+        return None
+
+    def _family_fault(self, claimed_family: str | None, forward_path: bool) -> MinerFault | None:
+        if claimed_family is None or not self.reply.sent or self.reply.log_probs is None:
+            return None
+        if forward_path and self.public_family_id != claimed_family:
             return MinerFault(
-                f"the model that answered has family {self.family_id} (derived where no submission code ran), but "
-                f"the graph recorded at the canonical context claims {claimed_family}",
-                code="identity.program_family_mismatch",
-            )
+                f"the recorded inference pass, rebuilt where no submission code ran, has family "
+                f"{self.public_family_id} on the public recording batches, but the graph the evaluation recorded "
+                f"on them claims {claimed_family}", code="identity.program_family_mismatch",
+            )  # fmt: skip
+        hidden = self.hidden_parameters
+        if hidden:
+            shown = ", ".join(hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
+            return MinerFault(
+                f"on held-out window {self.windows[0]} the recorded inference pass reads trained weights "
+                f"({shown}) that it does not read on the public recording batches: a branch every recording "
+                f"on those batches folds away", code="identity.program_family_mismatch",
+            )  # fmt: skip
         return None
 
 
-def draw_windows(n_windows: int, count: int, rng: np.random.Generator | None = None) -> list[int]:
+def _parameter_lists(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise ProtocolError("executed frame lacks the weights the program reads")
+    lists = []
+    for key in ("window", "public"):
+        names = value.get(key)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProtocolError(f"executed frame: parameters.{key} is not a list of names")
+        lists.append(tuple(names))
+    return lists[0], lists[1]
+
+
+def family_window(n_windows: int, seed: int) -> int:
+    """The held-out window the program's family is recorded on: a function of the evaluation's
+    held-out seed alone, so every honest validator records the same one."""
+    digest = hashlib.sha256(f"prism-program-family-window:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % n_windows
+
+
+def draw_windows(
+    n_windows: int, count: int, first: int | None = None, rng: np.random.Generator | None = None
+) -> list[int]:
+    """``count`` distinct windows: ``first`` (the family window) if given, then the rest drawn
+    from fresh OS entropy, in order."""
     generator = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    return sorted(int(w) for w in generator.choice(n_windows, size=min(count, n_windows), replace=False))
+    chosen = [] if first is None else [first]
+    others = [w for w in range(n_windows) if w != first]
+    picked = generator.choice(len(others), size=min(count - len(chosen), len(others)), replace=False)
+    return chosen + sorted(others[int(i)] for i in picked)
 
 
 def deviation(
@@ -143,11 +221,18 @@ def deviation(
 
 
 def check_program(
-    process: HeldoutProcess, main: SessionOutcome, windows: np.ndarray, count: int, tolerance: float
+    process: HeldoutProcess,
+    main: SessionOutcome,
+    windows: np.ndarray,
+    count: int,
+    tolerance: float,
+    family_seed: int | None = None,
 ) -> ProgramCheck:
-    """Execute the main session's program on ``count`` drawn windows in ``process`` (before go)."""
+    """Execute the main session's program on ``count`` windows in ``process`` (before go): the
+    family window of ``family_seed`` first (any window when None: nothing compares a family)."""
     started = time.monotonic()
-    check = ProgramCheck(windows=draw_windows(windows.shape[0], count), tolerance=tolerance)
+    first = family_window(windows.shape[0], family_seed) if family_seed is not None else None
+    check = ProgramCheck(windows=draw_windows(windows.shape[0], count, first), tolerance=tolerance)
     assert main.program is not None
     check.reply = process.execute(main.program, windows[check.windows])
     if check.reply.log_probs is not None:
@@ -158,4 +243,12 @@ def check_program(
     return check
 
 
-__all__ = ["REFUSAL_PREFIXES", "ProgramCheck", "ProgramReply", "check_program", "deviation", "draw_windows"]
+__all__ = [
+    "REFUSAL_PREFIXES",
+    "ProgramCheck",
+    "ProgramReply",
+    "check_program",
+    "deviation",
+    "draw_windows",
+    "family_window",
+]

@@ -5,8 +5,9 @@ warm and waiting) has never imported the submission. There it answers ``execute`
 the main process's program over its own copy of the weights (``graph_program.ProgramModule``),
 runs it on each window the host drew (``B = 1``, as recorded) and returns ``log p(target)`` per
 position, computed as the main process's commitment is (float32 logits, float64
-log-normaliser). It also records the program's architecture graph, so the family id the host
-compares with the claimed one is derived here. A problem with the program is answered as a typed
+log-normaliser). It also records the program's architecture graph twice, on the host's family
+window and on the public recording batches, with the weights each one reads, so what the host
+compares with the claim is derived here. A problem with the program is answered as a typed
 error; the host decides what it means (``prism.evaluator.program_check``).
 """
 
@@ -25,9 +26,10 @@ import torch._dynamo
 from prism.errors import PrismError
 from prism.evaluator.context import make_context
 from prism.evaluator.framing import ProtocolError
-from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, record_architecture
+from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, public_batches, record_forward
 from prism.evaluator.graph_program import ProgramError, ProgramModule
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
+from prism.evaluator.interface import PrismContext
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +76,50 @@ def _execute(
         for window in windows
     ]
     ctx = make_context(spec.context, device=spec.device, total_steps=spec.total_steps)
-    # The family is recorded on the drawn windows (secret until now), as the pass was scored.
-    first = torch.from_numpy(windows[0, None, :-1].copy()).to(spec.device)
-    second = torch.from_numpy(
-        windows[-1, None, :-1].copy() if len(windows) > 1 else windows[0, None, -2::-1].copy()
+    # On the first window (the host's family window, drawn from the evaluation's shared seed),
+    # as the pass was scored: no branch keyed on the public batches or a cast folds away there.
+    window = _recorded(program, state, ctx, torch.from_numpy(windows[0, None, :-1].copy()), spec.device)
+    # On the public recording batches the claim was recorded on, at the run's length.
+    canonical = make_context(spec.canonical_context)
+    public = _recorded(program, state, ctx, public_batches(canonical, ctx.sequence_length)[0], spec.device)
+    header = {"type": EXECUTED, "graph": window[0], "public_graph": public[0]}
+    header["parameters"] = {"window": window[1], "public": public[1]}
+    return header, np.stack(answers).astype("<f8").tobytes()
+
+
+def _recorded(
+    program: Any, state: dict[str, Any], ctx: PrismContext, tokens: torch.Tensor, device: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The program's graph summary on ``tokens`` (1, T) and the weights-file names its output reads."""
+    module = ProgramModule(program, state).to(device)
+    tokens = tokens.to(device)
+    recording = record_forward(
+        module, ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES, inputs=(tokens, tokens), rebuilt=True
     )
-    module = ProgramModule(program, state).to(spec.device)
-    graph = record_architecture(
-        module, ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES, inputs=(first, second.to(spec.device))
-    ).summary()
-    return {"type": EXECUTED, "graph": graph}, np.stack(answers).astype("<f8").tobytes()
+    return recording.graph.summary(), [module.weights_file_name(name) for name in recording.live_parameters]
+
+
+class _WarmUp(torch.nn.Module):
+    """The usual ops of a language model, tiny: embedding, layer norm, attention, GELU, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.norm = torch.nn.Embedding(8, 4), torch.nn.LayerNorm(4)
+        self.qkv, self.head = torch.nn.Linear(4, 12), torch.nn.Linear(4, 8)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.emb(tokens))
+        q, k, v = self.qkv(x).unsqueeze(1).split(4, dim=-1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).squeeze(1)
+        return self.head(torch.nn.functional.gelu(y) + x)
+
+
+def warm_up() -> None:
+    """Record a tiny model once, so the first real recording does not pay for first calls into
+    the dispatch mode, the FLOP counter and canonicalisation (done while the process waits)."""
+    ctx = make_context({"vocab_size": 8, "sequence_length": 4, "max_parameters": 1000, "max_layers": 1})
+    tokens = torch.arange(4).unsqueeze(0)
+    record_forward(_WarmUp(), ctx, inputs=(tokens, tokens), rebuilt=True)
 
 
 def answer_execute(
@@ -105,4 +141,4 @@ def answer_execute(
         return {"type": EXECUTED, "error": {"code": "identity.program_failed", "message": message}}, b""
 
 
-__all__ = ["answer_execute"]
+__all__ = ["answer_execute", "warm_up"]

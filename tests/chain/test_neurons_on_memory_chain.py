@@ -232,7 +232,10 @@ def test_miner_serves_commits_recommits_and_survives_transient_errors(
     first = pack_and_check(project).sha256
     faults = [{"where": "submit:set_commitment", "kind": "rpc_timeout"}]  # the first commit attempt is lost
     # The chain holds an old endpoint from the registration block: re-publishing hits the serving rate limit.
-    world = scenario(wallet_root, faults=faults, miner_axon=["10.0.0.2", 8091])
+    # 60 blocks (6 s): the miner's start-up on a loaded machine must not outlast the window.
+    world = scenario(
+        wallet_root, faults=faults, miner_axon=["10.0.0.2", 8091], hyperparams={"ServingRateLimit": 60}
+    )
     args = [*chain_flags(wallet_root, "miner"), "--submission", str(project), "--axon.ip", "127.0.0.1",
             "--axon.port", "0", "--sync_interval", "0.3"]  # fmt: skip
     process, journal, log = launch(tmp_path, world, "miner.py", args)

@@ -31,3 +31,39 @@ def test_two_runs_far_apart_or_one_whole_run() -> None:
 def test_the_fit_never_goes_negative_or_divides_by_noise(points, fixed, per_token) -> None:
     got_fixed, got_per_token = _fit(points)
     assert got_fixed == pytest.approx(fixed) and got_per_token == pytest.approx(per_token)
+
+
+@pytest.mark.slow
+def test_two_evaluations_asking_at_once_share_one_measurement(tmp_path, text_corpus_builder) -> None:
+    """Two workers on one machine calibrating the same regime: the second waits for the first's
+    measurement instead of racing it in the same work directory (real sandboxed runs)."""
+    import threading
+
+    from prism.evaluator import sandbox as sb
+    from prism.evaluator.calibration import calibrate
+
+    data = text_corpus_builder(
+        [f"document {i} about a quick brown fox. " * 20 for i in range(60)],
+        tmp_path / "data",
+        shard_tokens=2048,
+    )
+    profile = load_profile("local_cpu_smoke")
+    regime = profile.regimes[0].model_copy(
+        update={"train_tokens": 6 * 8 * 64, "batch_size": 8, "sequence_length": 64}
+    )
+    cache, isolation = tmp_path / "cache", sb.probe_isolation()
+    results: list[object] = []
+
+    def ask() -> None:
+        results.append(calibrate(profile, regime, data_dir=data, vocab_size=257, eos_id=256, nproc=1,
+                                 cache_dir=cache, isolation=isolation))  # fmt: skip
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert len(results) == 2 and results[0] == results[1]  # one measurement, read twice
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [
+        f"calibration-{results[0].key}.json"
+    ]

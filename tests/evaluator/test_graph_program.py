@@ -16,13 +16,14 @@ import pytest
 import torch
 from torch import nn
 
+from prism.evaluator import graph as graph_module
 from prism.evaluator import graph_program
 from prism.evaluator.context import make_context
 from prism.evaluator.graph import record_architecture
 from prism.evaluator.graph_program import ProgramError, ProgramModule, record_program
 from prism.evaluator.heldout_host import SessionOutcome
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
-from prism.evaluator.program_check import ProgramCheck, ProgramReply, deviation
+from prism.evaluator.program_check import ProgramCheck, ProgramReply, deviation, draw_windows, family_window
 from prism.evaluator.program_exec import answer_execute
 
 VOCAB, SEQ = 61, 12
@@ -196,7 +197,10 @@ def test_the_checking_side_answers_log_probs_that_match_the_models_and_its_famil
         torch.log_softmax(logits.double(), -1).gather(-1, torch.from_numpy(windows[:, 1:, None])).squeeze(-1)
     )
     assert np.abs(log_probs - expected.numpy()).max() < 1e-5
-    assert header["graph"]["family_id"] == record_architecture(model, _ctx()).family_id
+    family = record_architecture(model, _ctx()).family_id
+    assert header["graph"]["family_id"] == header["public_graph"]["family_id"] == family
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert set(header["parameters"]["window"]) == set(header["parameters"]["public"]) == trained
 
 
 def test_the_checking_side_answers_a_broken_program_with_its_error_not_a_crash():
@@ -216,12 +220,23 @@ def _session(log_p: np.ndarray) -> SessionOutcome:
     return SessionOutcome(lse=lse, target_logit=log_p + lse)
 
 
+def _reply(
+    log_probs: np.ndarray, public: str, on_window: str | None = None, reads: tuple[tuple[str, ...], ...] = ()
+) -> ProgramReply:
+    """A trusted reply: families on the public batches and the window, weights read on each."""
+    window_reads, public_reads = reads or (("emb.weight",), ("emb.weight",))
+    return ProgramReply(
+        sent=True, log_probs=log_probs, graph={"family_id": on_window or public}, public_graph={"family_id": public},
+        window_parameters=window_reads, public_parameters=public_reads,
+    )  # fmt: skip
+
+
 def test_the_host_refuses_a_program_whose_answers_or_family_differ():
     committed = np.log(np.full((4, SEQ), 0.25))
     main = _session(committed)
     honest = committed[[1, 3]] + 1e-7
     check = ProgramCheck(windows=[1, 3], tolerance=1e-3)
-    check.reply = ProgramReply(sent=True, log_probs=honest, graph={"family_id": "fam-a"})
+    check.reply = _reply(honest, "fam-a")
     check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, honest)
     assert check.failure("fam-a", forward_path=True) is None
     family = check.failure("fam-b", forward_path=True)
@@ -234,6 +249,125 @@ def test_the_host_refuses_a_program_whose_answers_or_family_differ():
     assert check.worst == (3, 5) and math.isclose(check.max_deviation, 0.01, rel_tol=1e-3)
     mismatch = check.failure("fam-a", forward_path=True)
     assert mismatch is not None and mismatch.code == "identity.program_mismatch" and mismatch.fault == "miner"
+
+
+def test_a_window_family_is_evidence_but_weights_hidden_from_the_public_batches_are_refused():
+    committed = np.log(np.full((4, SEQ), 0.25))
+    main = _session(committed)
+    check = ProgramCheck(windows=[2, 0], tolerance=1e-3)
+    check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, committed[[2, 0]])
+    # Another family on the window, the same weights read: a value-dependent fold (evidence only).
+    check.reply = _reply(committed[[2, 0]], "fam-a", "fam-doc")
+    assert check.failure("fam-a", forward_path=True) is None and check.family_id == "fam-doc"
+    # Weights that only the window's recording reads: a branch gated on the public batches.
+    check.reply = _reply(
+        committed[[2, 0]], "fam-a", "fam-real", reads=(("emb.weight", "up.weight"), ("emb.weight",))
+    )
+    hidden = check.failure("fam-a", forward_path=True)
+    assert hidden is not None and hidden.code == "identity.program_family_mismatch"
+    assert "up.weight" in hidden.message and "window 2" in hidden.message
+    assert check.failure("fam-a", forward_path=False) is not None  # a hook's pass is its own: still gated
+    assert check.failure(None, forward_path=True) is None  # re-measurement: nothing claimed
+
+
+def test_the_family_window_is_the_held_out_seeds_and_the_rest_are_fresh():
+    windows = {family_window(64, 1234) for _ in range(3)}
+    assert len(windows) == 1 and {family_window(64, seed) for seed in range(40)} != windows
+    (first,) = windows
+    draws = [draw_windows(64, 4, first) for _ in range(20)]
+    assert all(d[0] == first and len(set(d)) == 4 and first not in d[1:] for d in draws)
+    assert len({tuple(d[1:]) for d in draws}) > 1  # OS entropy: not the same three every time
+    assert draw_windows(3, 8, 1) == [1, 0, 2]
+
+
+EOT = VOCAB - 1
+
+
+class DocumentMasked(nn.Module):
+    """Honest: attention that does not cross an end-of-text id. On a window without one the
+    document mask is a constant and folds to the causal mask, so the family depends on the window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.qkv = nn.Linear(16, 48)
+        self.head = nn.Linear(16, VOCAB)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        q, k, v = self.qkv(x).unsqueeze(1).split(16, dim=-1)
+        document = (tokens == EOT).cumsum(-1)  # (B, T)
+        same = document.unsqueeze(-1) == document.unsqueeze(-2)
+        causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=(same & causal).unsqueeze(1))
+        return self.head(y.squeeze(1) + x)
+
+
+class GatedOnThePublicIds(nn.Module):
+    """Hostile: the gate is 0 on every id the public batches use, so every recording on them
+    shows the embedding alone; on other ids an MLP with its own weights answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, VOCAB)
+        marker = torch.full((VOCAB,), 100.0)  # far outside what a replay's random values reach
+        for batch in graph_module.public_batches(_ctx(), SEQ):
+            marker[batch.reshape(-1)] = 0.0
+        self.register_buffer("marker", marker)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        gate = (self.marker[tokens] > 50).any().to(x.dtype)
+        return self.head(x + gate * self.down(torch.relu(self.up(x))))
+
+
+def _checked(model: nn.Module, windows: np.ndarray) -> ProgramCheck:
+    """The whole check in process: program recorded on the first window, executed, compared."""
+    program = json.loads(json.dumps(record_program(model, model, torch.from_numpy(windows[:1, :-1]))))
+    header, payload = answer_execute(*_execute_request(windows, program), model.state_dict(), _spec())
+    assert "error" not in header, header
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(torch.from_numpy(windows[:, :-1])).double(), -1)
+    committed = log_p.gather(-1, torch.from_numpy(windows[:, 1:, None])).squeeze(-1).numpy()
+    check = ProgramCheck(windows=list(range(len(windows))), tolerance=1e-3)
+    check.reply.sent = True
+    check.reply.parse(header, payload, len(windows), SEQ)
+    check.max_deviation, check.worst, check.mean_shift = deviation(
+        _session(committed), check.windows, committed
+    )
+    return check
+
+
+def test_an_honest_document_mask_changes_the_window_family_but_is_not_refused():
+    torch.manual_seed(0)
+    model = DocumentMasked().eval()
+    claimed = record_architecture(model, _ctx()).family_id
+    rng = np.random.default_rng(5)
+    plain = rng.integers(0, VOCAB - 1, size=(2, SEQ + 1))
+    with_end = plain.copy()
+    with_end[0, SEQ // 2] = EOT
+    families = set()
+    for windows in (plain, with_end):
+        check = _checked(model, windows)
+        assert check.failure(claimed, forward_path=True) is None, check.failure(claimed, forward_path=True)
+        assert check.public_family_id == claimed and not check.hidden_parameters
+        families.add(check.family_id)
+    assert len(families) == 2  # the fold depends on the window: why it is evidence, not a verdict
+
+
+def test_a_branch_gated_on_the_public_ids_is_refused_by_the_weights_it_reads():
+    torch.manual_seed(0)
+    model = GatedOnThePublicIds().eval()
+    claimed = record_architecture(model, _ctx()).family_id
+    unused = [i for i in range(VOCAB) if model.marker[i] > 50]
+    windows = np.random.default_rng(6).choice(unused, size=(2, SEQ + 1))
+    check = _checked(model, windows)
+    assert check.public_family_id == claimed  # every recording on the public batches is fooled
+    assert set(check.hidden_parameters) == {"up.weight", "up.bias", "down.weight", "down.bias"}
+    failure = check.failure(claimed, forward_path=True)
+    assert failure is not None and failure.code == "identity.program_family_mismatch"
 
 
 def test_the_host_blames_a_program_that_kills_its_checker_but_not_a_checker_it_never_reached():
@@ -294,7 +428,7 @@ def test_a_small_lie_at_every_position_is_caught_by_its_mean():
     check = ProgramCheck(
         windows=[0, 2],
         tolerance=1e-3,
-        reply=ProgramReply(sent=True, log_probs=program, graph={"family_id": "f"}),
+        reply=_reply(program, "f"),
     )
     check.max_deviation, check.worst, check.mean_shift = deviation(main, check.windows, program)
     assert check.max_deviation < check.tolerance and math.isclose(check.mean_shift, 9e-4, rel_tol=1e-6)

