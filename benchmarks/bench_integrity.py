@@ -82,7 +82,7 @@ def main() -> None:
             order = ("full", "minimal", "no_program") if repeat % 2 == 0 else ("no_program", "minimal", "full")
             for which in order:
                 heldout = {"full": profile.heldout, "minimal": minimal, "no_program": no_program}[which]
-                result = run_heldout(spec, windows=windows, window_bytes=window_bytes, heldout=heldout, limits=limits, log_dir=work / f"{which}-{repeat}", isolation=isolation)
+                result = run_heldout(spec, windows=windows, window_bytes=window_bytes, heldout=heldout, limits=limits, log_dir=work / f"{which}-{repeat}", isolation=isolation, family_seed=profile.heldout.seed)
                 assert result.failure is None, result.failure
                 runs[which].append(result)
     full_s = [r.outcome.timings_s["total"] for r in runs["full"]]

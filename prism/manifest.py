@@ -248,6 +248,10 @@ class IntegrityRecord(_Strict):
         default=None,
         description="the program's family on that window: evidence (value-dependent folds change honest families)",
     )
+    program_window_only_weights: list[str] = Field(
+        default_factory=list,
+        description="trained weights the program reads on that window but not on the public batches: evidence",
+    )
     clipped_positions: int = Field(default=0, description="positions whose loss hit the per-position cap")
 
 

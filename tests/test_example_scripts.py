@@ -38,5 +38,5 @@ def test_program_check_script_rebuilds_each_example_bit_for_bit(project: str) ->
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert out["max_abs_logit_difference"] == 0.0
-    assert out["family_of_the_model"] == out["family_of_the_program"]
+    assert out["claimed_family"] == out["family_of_the_program"]
     assert out["weights_read_only_on_the_window"] == []

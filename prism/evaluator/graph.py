@@ -149,7 +149,9 @@ def probe_tokens(ctx: PrismContext) -> torch.Tensor:
 def public_batches(canonical: PrismContext, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The canonical and probe batches repeated to ``length`` positions: the same token ids and
     (but for the wrap) the same neighbours as at the canonical context, so a fold that depends on
-    which ids occur (a document mask on a batch without an end-of-text id) folds the same way."""
+    which ids occur (a document mask on a batch without an end-of-text id) mostly folds the same
+    way. Not always: the replays' random values are drawn per position, so a test against one id
+    that is absent can still fold at one length and not at another (docs/identity.md)."""
     reps = -(-length // canonical.sequence_length)
     first, second = canonical_tokens(canonical), probe_tokens(canonical)
     return first.repeat(1, reps)[:, :length], second.repeat(1, reps)[:, :length]
@@ -160,8 +162,8 @@ class Recording:
     """A recorded graph and the parameters its output depends on (names, first use first).
 
     Folds that depend on the values seen can change a family from one input to another (a
-    document mask is a constant on a batch with no end-of-text id); they never make a trained
-    weight appear. The program check compares these names across inputs for that reason."""
+    document mask is a constant on a batch with no end-of-text id); the names say whether a
+    trained weight is read only on some inputs (program check evidence)."""
 
     graph: ArchitectureGraph
     live_parameters: tuple[str, ...]
@@ -209,7 +211,9 @@ def record_forward(
     model = model.eval()
     flop_counter = FlopCounterMode(display=False)
     trace = _trace(model, tokens, ctx, flop_counter, max_recorded_bytes)
-    problem = None if rebuilt else untracked_inputs(trace, _trace(model, other, ctx, None, max_recorded_bytes))
+    problem = (
+        None if rebuilt else untracked_inputs(trace, _trace(model, other, ctx, None, max_recorded_bytes))
+    )
     if problem is not None:
         raise GraphRecordingError(f"identity cannot be recorded: {problem}", code="graph.untracked_value")
     return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())

@@ -212,7 +212,7 @@ class _Evaluator:
 
         # After the last batch: the model moves to CPU float32. Run contexts are large. The batches
         # are the canonical ones repeated to the run's length: the same token ids as the claim was
-        # recorded on, so a fold that depends on which ids occur folds the same way in both.
+        # recorded on, so a fold that depends on which ids occur mostly folds the same way in both.
         canonical = make_context(self.spec.canonical_context, seed=self.ctx.seed)
         model = self.model.to(device="cpu", dtype=self.t.torch.float32)
         inputs = public_batches(canonical, self.ctx.sequence_length)

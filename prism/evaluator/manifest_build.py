@@ -237,8 +237,9 @@ def build_integrity(ev: RunEvidence) -> IntegrityRecord | None:
         if h.program and h.program.reply.log_probs is not None
         else None,
         program_family_id=h.program.public_family_id if h.program else None,
-        program_family_window=h.program.windows[0] if h.program and h.program.windows else None,
+        program_family_window=h.program.family_window if h.program else None,
         program_window_family_id=h.program.family_id if h.program else None,
+        program_window_only_weights=h.program.window_only_weights if h.program else [],
         clipped_positions=session.clipped,
     )
 

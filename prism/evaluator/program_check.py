@@ -4,10 +4,10 @@ The main held-out process sends its inference pass as a program (``graph_program
 has committed every batch. The host then picks windows and hands program and windows to a
 process that has read the trusted weights but not yet loaded the submission (the replay, before
 ``go``; ``program_exec``). What that process returns is trusted: it never ran submission code.
-The first window is the *family window*, drawn from the evaluation's held-out seed (shared by
-every validator, unknown to the sandbox), because the family derived on it decides a verdict and
-two honest validators must reach the same one; the others come from fresh OS entropy (the
-deviation check never changes an honest score). The check fails, a miner fault, when
+The first window is the *family window*, drawn from the evaluation's held-out seed, so what is
+recorded on it is the same for every validator; it comes on top of ``count`` windows from fresh
+OS entropy, which the sandbox cannot predict even where the seed is public (the deviation never
+changes an honest score). The check fails, a miner fault, when
 
 * the program cannot be rebuilt or run there (``identity.program_invalid`` / ``_unsupported`` /
   ``_failed``; a process that dies or times out while it runs the program counts as failed: the
@@ -19,12 +19,13 @@ deviation check never changes an honest score). The check fails, a miner fault, 
 * on the plain forward path, the family the program has on the public recording batches (the
   ones the claim was recorded on, repeated to the run's length) differs from the claimed one
   (``identity.program_family_mismatch``): the recorder lied, or a Python branch chose another
-  path for the recording;
-* on the family window the program reads trained weights it does not read on the public
-  batches (``identity.program_family_mismatch``): a branch gated on the public batches, hidden
-  from every recording made on them. A family that differs there *without* new weights is
-  evidence only (manifest ``program_window_family_id``): folds that depend on the values seen
-  (a document mask on a window with no end-of-text id) change honest families too.
+  path for the recording.
+
+What the program does on the family window is evidence, not a verdict (manifest
+``program_window_family_id``, ``program_window_only_weights``): graph folds depend on the values
+seen, so an honest model's family can change with the window (a document mask is a constant on
+a window inside one document), and a branch gated on the public batches looks the same
+(docs/security.md, class 9).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class ProgramCheck:
     worst: tuple[int, int] | None = None  # (window, position) of the largest deviation
     mean_shift: float = 0.0  # mean of committed - program log p: > 0 means the committed was kinder
     seconds: float = 0.0
+    family_window: int | None = None  # windows[0] when it is the family window
 
     @property
     def family_id(self) -> str | None:
@@ -100,8 +102,9 @@ class ProgramCheck:
         return str(self.reply.public_graph["family_id"]) if self.reply.public_graph is not None else None
 
     @property
-    def hidden_parameters(self) -> list[str]:
-        """Weights read on the family window but not on the public batches."""
+    def window_only_weights(self) -> list[str]:
+        """Weights read on the family window but not on the public batches: evidence of a branch
+        the public batches fold away, or of an honest per-token weight (an inert read hides it)."""
         public = set(self.reply.public_parameters)
         return [name for name in self.reply.window_parameters if name not in public]
 
@@ -163,14 +166,6 @@ class ProgramCheck:
                 f"{self.public_family_id} on the public recording batches, but the graph the evaluation recorded "
                 f"on them claims {claimed_family}", code="identity.program_family_mismatch",
             )  # fmt: skip
-        hidden = self.hidden_parameters
-        if hidden:
-            shown = ", ".join(hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
-            return MinerFault(
-                f"on held-out window {self.windows[0]} the recorded inference pass reads trained weights "
-                f"({shown}) that it does not read on the public recording batches: a branch every recording "
-                f"on those batches folds away", code="identity.program_family_mismatch",
-            )  # fmt: skip
         return None
 
 
@@ -196,13 +191,12 @@ def family_window(n_windows: int, seed: int) -> int:
 def draw_windows(
     n_windows: int, count: int, first: int | None = None, rng: np.random.Generator | None = None
 ) -> list[int]:
-    """``count`` distinct windows: ``first`` (the family window) if given, then the rest drawn
-    from fresh OS entropy, in order."""
+    """``first`` (the family window) if given, then ``count`` other windows drawn from fresh OS
+    entropy, in order (fewer when there are not that many)."""
     generator = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    chosen = [] if first is None else [first]
     others = [w for w in range(n_windows) if w != first]
-    picked = generator.choice(len(others), size=min(count - len(chosen), len(others)), replace=False)
-    return chosen + sorted(others[int(i)] for i in picked)
+    picked = generator.choice(len(others), size=min(count, len(others)), replace=False)
+    return ([] if first is None else [first]) + sorted(others[int(i)] for i in picked)
 
 
 def deviation(
@@ -228,11 +222,12 @@ def check_program(
     tolerance: float,
     family_seed: int | None = None,
 ) -> ProgramCheck:
-    """Execute the main session's program on ``count`` windows in ``process`` (before go): the
-    family window of ``family_seed`` first (any window when None: nothing compares a family)."""
+    """Execute the main session's program in ``process`` (before go) on the family window of
+    ``family_seed`` (none for a re-measurement) and ``count`` windows from OS entropy."""
     started = time.monotonic()
     first = family_window(windows.shape[0], family_seed) if family_seed is not None else None
     check = ProgramCheck(windows=draw_windows(windows.shape[0], count, first), tolerance=tolerance)
+    check.family_window = first
     assert main.program is not None
     check.reply = process.execute(main.program, windows[check.windows])
     if check.reply.log_probs is not None:

@@ -61,7 +61,8 @@ class HeldoutSpec(_Strict):
     program_windows: int = Field(
         default=2,
         ge=0,
-        description="windows the main process's recorded program is executed on where no submission ran",
+        description="windows from fresh OS entropy the main process's recorded program is executed on where no "
+        "submission ran (the family window, from the held-out seed, comes on top; 0 turns the check off)",
     )
 
 

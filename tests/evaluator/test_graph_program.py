@@ -251,7 +251,7 @@ def test_the_host_refuses_a_program_whose_answers_or_family_differ():
     assert mismatch is not None and mismatch.code == "identity.program_mismatch" and mismatch.fault == "miner"
 
 
-def test_a_window_family_is_evidence_but_weights_hidden_from_the_public_batches_are_refused():
+def test_what_the_family_window_shows_is_evidence_and_the_public_family_decides():
     committed = np.log(np.full((4, SEQ), 0.25))
     main = _session(committed)
     check = ProgramCheck(windows=[2, 0], tolerance=1e-3)
@@ -259,14 +259,16 @@ def test_a_window_family_is_evidence_but_weights_hidden_from_the_public_batches_
     # Another family on the window, the same weights read: a value-dependent fold (evidence only).
     check.reply = _reply(committed[[2, 0]], "fam-a", "fam-doc")
     assert check.failure("fam-a", forward_path=True) is None and check.family_id == "fam-doc"
-    # Weights that only the window's recording reads: a branch gated on the public batches.
+    # Weights that only the window's recording reads: shown, not refused (an inert read on the
+    # public batches would hide them, and honest per-token weights look the same).
     check.reply = _reply(
         committed[[2, 0]], "fam-a", "fam-real", reads=(("emb.weight", "up.weight"), ("emb.weight",))
     )
-    hidden = check.failure("fam-a", forward_path=True)
-    assert hidden is not None and hidden.code == "identity.program_family_mismatch"
-    assert "up.weight" in hidden.message and "window 2" in hidden.message
-    assert check.failure("fam-a", forward_path=False) is not None  # a hook's pass is its own: still gated
+    assert check.failure("fam-a", forward_path=True) is None and check.window_only_weights == ["up.weight"]
+    # The family on the public batches is what is compared with the claim.
+    check.reply = _reply(committed[[2, 0]], "fam-other", "fam-a")
+    refused = check.failure("fam-a", forward_path=True)
+    assert refused is not None and refused.code == "identity.program_family_mismatch"
     assert check.failure(None, forward_path=True) is None  # re-measurement: nothing claimed
 
 
@@ -274,10 +276,11 @@ def test_the_family_window_is_the_held_out_seeds_and_the_rest_are_fresh():
     windows = {family_window(64, 1234) for _ in range(3)}
     assert len(windows) == 1 and {family_window(64, seed) for seed in range(40)} != windows
     (first,) = windows
-    draws = [draw_windows(64, 4, first) for _ in range(20)]
-    assert all(d[0] == first and len(set(d)) == 4 and first not in d[1:] for d in draws)
-    assert len({tuple(d[1:]) for d in draws}) > 1  # OS entropy: not the same three every time
-    assert draw_windows(3, 8, 1) == [1, 0, 2]
+    draws = [draw_windows(64, 2, first) for _ in range(20)]
+    # On top of the two fresh windows, which the sandbox cannot predict where the seed is public.
+    assert all(d[0] == first and len(set(d)) == 3 and first not in d[1:] for d in draws)
+    assert len({tuple(d[1:]) for d in draws}) > 1  # OS entropy: not the same pair every time
+    assert draw_windows(3, 8, 1) == [1, 0, 2] and len(draw_windows(10, 2)) == 2
 
 
 EOT = VOCAB - 1
@@ -352,12 +355,14 @@ def test_an_honest_document_mask_changes_the_window_family_but_is_not_refused():
     for windows in (plain, with_end):
         check = _checked(model, windows)
         assert check.failure(claimed, forward_path=True) is None, check.failure(claimed, forward_path=True)
-        assert check.public_family_id == claimed and not check.hidden_parameters
+        assert check.public_family_id == claimed and not check.window_only_weights
         families.add(check.family_id)
     assert len(families) == 2  # the fold depends on the window: why it is evidence, not a verdict
 
 
-def test_a_branch_gated_on_the_public_ids_is_refused_by_the_weights_it_reads():
+def test_a_branch_gated_on_the_public_ids_shows_only_in_the_evidence():
+    """The residual of docs/security.md, class 9: the claim and every recording on the public
+    batches show the embedding alone; the family window shows the MLP and its weights."""
     torch.manual_seed(0)
     model = GatedOnThePublicIds().eval()
     claimed = record_architecture(model, _ctx()).family_id
@@ -365,9 +370,9 @@ def test_a_branch_gated_on_the_public_ids_is_refused_by_the_weights_it_reads():
     windows = np.random.default_rng(6).choice(unused, size=(2, SEQ + 1))
     check = _checked(model, windows)
     assert check.public_family_id == claimed  # every recording on the public batches is fooled
-    assert set(check.hidden_parameters) == {"up.weight", "up.bias", "down.weight", "down.bias"}
-    failure = check.failure(claimed, forward_path=True)
-    assert failure is not None and failure.code == "identity.program_family_mismatch"
+    assert check.family_id != claimed
+    assert set(check.window_only_weights) == {"up.weight", "up.bias", "down.weight", "down.bias"}
+    assert check.failure(claimed, forward_path=True) is None
 
 
 def test_the_host_blames_a_program_that_kills_its_checker_but_not_a_checker_it_never_reached():

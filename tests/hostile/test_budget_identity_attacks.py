@@ -364,8 +364,8 @@ def build_model(ctx):
 
 @pytest.mark.parametrize(
     "body",
-    [DECOY_FOR_ONE_ROW, FORGED_GRAPH, CLAIMS_A_HOOK, GATED_ON_THE_RECORDING_TOKENS],
-    ids=["one-row-decoy", "forged-graph", "forged-graph-claiming-a-hook", "gated-on-the-recording-tokens"],
+    [DECOY_FOR_ONE_ROW, FORGED_GRAPH, CLAIMS_A_HOOK],
+    ids=["one-row-decoy", "forged-graph", "forged-graph-claiming-a-hook"],
 )
 def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, tinylm_twin, body):
     run = attack_run(source(REAL + body))
@@ -376,6 +376,28 @@ def test_a_decoy_recorded_in_place_of_the_trained_model_is_refused(attack_run, t
         + describe(run)
     )
     assert_refused(run, "identity.program_")
+
+
+# The same gate, and the MLP's weights read on the public batches too, by a term too small to
+# change a logit: no recording on those batches can tell this model from the decoy.
+GATED_WITH_AN_INERT_READ = GATED_ON_THE_RECORDING_TOKENS.replace(
+    "        return self.decoy_forward(tokens) * (1 - g) + self.real_forward(tokens) * g",
+    """        inert = sum(p.sum() for p in (*self.up.parameters(), *self.gate.parameters(), *self.down.parameters()))
+        return self.decoy_forward(tokens) * (1 - g) + self.real_forward(tokens) * g + 1e-30 * inert""",
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="residual (docs/security.md, class 9): the family is the program's function on the public recording "
+    "batches; a gate keyed on them is a value-dependent fold, which honest models (document masks) also have, so "
+    "what the held-out family window shows is evidence (integrity.program_window_*), not a verdict",
+)
+@pytest.mark.parametrize(
+    "body", [GATED_ON_THE_RECORDING_TOKENS, GATED_WITH_AN_INERT_READ], ids=["gate", "gate-inert-read"]
+)
+def test_a_branch_gated_on_the_public_batches_is_refused(attack_run, body):
+    assert_refused(attack_run(source(REAL + body)), "identity.program_")
 
 
 # An honest model whose graph depends on the data: attention does not cross an end-of-text id
@@ -424,7 +446,7 @@ def test_an_honest_model_whose_family_depends_on_the_window_is_not_refused(
     run = attack_run(source(DOCUMENT_MASKED), heldout_seed=seed)
     assert run.manifest.status.state == "succeeded", describe(run)
     integrity = run.manifest.integrity
-    assert integrity.program_windows == attack_profile.heldout.program_windows
+    assert integrity.program_windows == attack_profile.heldout.program_windows + 1  # and the family window
     # The claim and the program agree on the public batches; the window's family is the fold.
     assert integrity.program_family_id == run.manifest.submission.family_id
     assert integrity.program_window_family_id not in (None, integrity.program_family_id), describe(run)
