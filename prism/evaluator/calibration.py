@@ -203,6 +203,8 @@ def calibrate(
         if cached is not None:
             return cached
         logger.info("calibrating training compute for %s/%s on this machine", profile.key, regime.name)
+        for stale in cache_dir.glob(f"work-{key}*"):  # left by a measurement that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f"work-{key}-", dir=cache_dir))
         try:
             points = [
