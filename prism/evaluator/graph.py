@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.flop_counter import FlopCounterMode
 
 from prism.errors import MinerFault
+from prism.evaluator.graph_edges import CNode
 from prism.evaluator.graph_emit import Emitted, emit
 from prism.evaluator.graph_fuse import fuse
 from prism.evaluator.graph_nodes import build_canonical
@@ -167,6 +168,27 @@ class Recording:
 
     graph: ArchitectureGraph
     live_parameters: tuple[str, ...]
+    #: Trace positions of the live ops whose value depends on a trained parameter.
+    weight_ops: frozenset[int] = frozenset()
+    #: The recorded ops, in order (``kind:name``): two recordings of one program line up.
+    trace_ops: tuple[str, ...] = ()
+
+
+def computed_only_in(first: Recording, second: Recording) -> list[str]:
+    """The ops that compute from trained weights in ``first`` but not in ``second``, two
+    recordings of one straight-line program (``graph_program``) on different tokens.
+
+    A branch that the second input folds away (a gate that is the constant 0 there) and that
+    answers on the first shows up here however it is spelled: a weight it reads by an inert term
+    is still read, but the ops that compute from it are dead on the second input. A document mask
+    that folds on the first input goes the other way (live on the second only), and a mask never
+    reads a weight."""
+    if first.trace_ops != second.trace_ops:
+        raise GraphRecordingError(
+            "the recorded inference pass executed different ops on two inputs of the same length",
+            code="graph.unaligned",
+        )
+    return [f"#{i} {first.trace_ops[i]}" for i in sorted(first.weight_ops - second.weight_ops)]
 
 
 def record_architecture(
@@ -292,7 +314,24 @@ def _build_graph(
         modules=_module_records(model),
         parameters=parameters,
     )
-    return Recording(graph, tuple(parameters[i].name for i in emitted.parameters_used))
+    return Recording(
+        graph,
+        tuple(parameters[i].name for i in emitted.parameters_used),
+        weight_ops=_weight_dependent_ops(emitted.order),
+        trace_ops=tuple(f"{node.kind}:{node.name}" for node in trace.nodes),
+    )
+
+
+def _weight_dependent_ops(order: list[CNode]) -> frozenset[int]:
+    """Trace positions covered by the live nodes that read a parameter, directly or not."""
+    dependent: set[int] = set()
+    covers: set[int] = set()
+    for node in order:  # post-order: a node's inputs come before it
+        sources = [edge.src[0] for edge in node.edges if edge.src is not None]
+        if any(src.op == "param" or id(src) in dependent for src in sources):
+            dependent.add(id(node))
+            covers.update(node.covers)
+    return frozenset(covers)
 
 
 def _op_records(trace: Trace, emitted: Emitted) -> list[OpRecord]:
@@ -355,6 +394,7 @@ __all__ = [
     "Recording",
     "canonical_tokens",
     "collapse_repeats",
+    "computed_only_in",
     "probe_tokens",
     "public_batches",
     "record_architecture",

@@ -21,11 +21,14 @@ changes an honest score). The check fails, a miner fault, when
   (``identity.program_family_mismatch``): the recorder lied, or a Python branch chose another
   path for the recording.
 
-What the program does on the family window is evidence, not a verdict (manifest
+* on the plain forward path with a family window, an op computes from trained weights on the
+  family window and is dead on the public batches (``identity.program_hidden_branch``): a branch
+  those batches fold away answers on held-out text (docs/security.md, class 9).
+
+The family the program has on the family window is evidence, not a verdict (manifest
 ``program_window_family_id``, ``program_window_only_weights``): graph folds depend on the values
 seen, so an honest model's family can change with the window (a document mask is a constant on
-a window inside one document), and a branch gated on the public batches looks the same
-(docs/security.md, class 9).
+a window inside one document, and reads no weight).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ProgramReply:
     public_graph: dict[str, Any] | None = None  # ... and on the public recording batches
     window_parameters: tuple[str, ...] = ()  # weights its output reads on the family window
     public_parameters: tuple[str, ...] = ()  # ... and on the public batches
+    window_only_ops: tuple[str, ...] = ()  # ops computing from weights on the family window only
     refused: dict[str, str] | None = None  # its typed verdict on a program it could not run
     error: PrismError | None = None  # the channel broke (or the process died)
 
@@ -74,6 +78,10 @@ class ProgramReply:
             if not isinstance(summary, dict) or not isinstance(summary.get("family_id"), str):
                 raise ProtocolError("executed frame lacks the program's graphs")
         self.window_parameters, self.public_parameters = _parameter_lists(header.get("parameters"))
+        hidden = header.get("window_only_ops")
+        if not isinstance(hidden, list) or not all(isinstance(op, str) for op in hidden):
+            raise ProtocolError("executed frame: window_only_ops is not a list of ops")
+        self.window_only_ops = tuple(hidden)
         if len(payload) != windows * seq_len * 8:
             raise ProtocolError(f"executed frame has {len(payload)} bytes, expected {windows * seq_len * 8}")
         self.graph, self.public_graph = graph, public
@@ -165,6 +173,14 @@ class ProgramCheck:
                 f"the recorded inference pass, rebuilt where no submission code ran, has family "
                 f"{self.public_family_id} on the public recording batches, but the graph the evaluation recorded "
                 f"on them claims {claimed_family}", code="identity.program_family_mismatch",
+            )  # fmt: skip
+        hidden = self.reply.window_only_ops
+        if forward_path and self.family_window is not None and hidden:
+            return MinerFault(
+                f"on the held-out family window (window {self.family_window}) the recorded inference pass computes "
+                f"from trained weights in {len(hidden)} ops that are dead on the public recording batches (first: "
+                f"{', '.join(hidden[:3])}): a branch those batches fold away answers on held-out text, so the family "
+                "recorded on them is not the function that was scored", code="identity.program_hidden_branch",
             )  # fmt: skip
         return None
 

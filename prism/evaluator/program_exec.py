@@ -26,7 +26,13 @@ import torch._dynamo
 from prism.errors import PrismError
 from prism.evaluator.context import make_context
 from prism.evaluator.framing import ProtocolError
-from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, public_batches, record_forward
+from prism.evaluator.graph import (
+    RUN_GRAPH_MAX_BYTES,
+    Recording,
+    computed_only_in,
+    public_batches,
+    record_forward,
+)
 from prism.evaluator.graph_program import ProgramError, ProgramModule
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
 from prism.evaluator.interface import PrismContext
@@ -78,24 +84,29 @@ def _execute(
     ctx = make_context(spec.context, device=spec.device, total_steps=spec.total_steps)
     # On the first window (the family window, from the held-out seed; evidence) and on the public
     # recording batches the claim was recorded on, at the run's length (compared with the claim).
-    window = _recorded(program, state, ctx, torch.from_numpy(windows[0, None, :-1].copy()), spec.device)
+    window, window_weights = _recorded(
+        program, state, ctx, torch.from_numpy(windows[0, None, :-1].copy()), spec.device
+    )
     canonical = make_context(spec.canonical_context)
-    public = _recorded(program, state, ctx, public_batches(canonical, ctx.sequence_length)[0], spec.device)
-    header = {"type": EXECUTED, "graph": window[0], "public_graph": public[0]}
-    header["parameters"] = {"window": window[1], "public": public[1]}
+    public, public_weights = _recorded(
+        program, state, ctx, public_batches(canonical, ctx.sequence_length)[0], spec.device
+    )
+    header = {"type": EXECUTED, "graph": window.graph.summary(), "public_graph": public.graph.summary()}
+    header["parameters"] = {"window": window_weights, "public": public_weights}
+    header["window_only_ops"] = computed_only_in(window, public)
     return header, np.stack(answers).astype("<f8").tobytes()
 
 
 def _recorded(
     program: Any, state: dict[str, Any], ctx: PrismContext, tokens: torch.Tensor, device: str
-) -> tuple[dict[str, Any], list[str]]:
-    """The program's graph summary on ``tokens`` (1, T) and the weights-file names its output reads."""
+) -> tuple[Recording, list[str]]:
+    """The program recorded on ``tokens`` (1, T), and the weights-file names its output reads."""
     module = ProgramModule(program, state).to(device)
     tokens = tokens.to(device)
     recording = record_forward(
         module, ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES, inputs=(tokens, tokens), rebuilt=True
     )
-    return recording.graph.summary(), [module.weights_file_name(name) for name in recording.live_parameters]
+    return recording, [module.weights_file_name(name) for name in recording.live_parameters]
 
 
 class _WarmUp(torch.nn.Module):

@@ -334,7 +334,7 @@ def _checked(model: nn.Module, windows: np.ndarray) -> ProgramCheck:
     with torch.no_grad():
         log_p = torch.log_softmax(model(torch.from_numpy(windows[:, :-1])).double(), -1)
     committed = log_p.gather(-1, torch.from_numpy(windows[:, 1:, None])).squeeze(-1).numpy()
-    check = ProgramCheck(windows=list(range(len(windows))), tolerance=1e-3)
+    check = ProgramCheck(windows=list(range(len(windows))), tolerance=1e-3, family_window=0)
     check.reply.sent = True
     check.reply.parse(header, payload, len(windows), SEQ)
     check.max_deviation, check.worst, check.mean_shift = deviation(
@@ -356,23 +356,85 @@ def test_an_honest_document_mask_changes_the_window_family_but_is_not_refused():
         check = _checked(model, windows)
         assert check.failure(claimed, forward_path=True) is None, check.failure(claimed, forward_path=True)
         assert check.public_family_id == claimed and not check.window_only_weights
+        assert check.reply.window_only_ops == ()  # the mask folds on the window: fewer live ops, none new
         families.add(check.family_id)
-    assert len(families) == 2  # the fold depends on the window: why it is evidence, not a verdict
+    assert len(families) == 2  # the fold depends on the window: the family there is evidence
 
 
-def test_a_branch_gated_on_the_public_ids_shows_only_in_the_evidence():
-    """The residual of docs/security.md, class 9: the claim and every recording on the public
-    batches show the embedding alone; the family window shows the MLP and its weights."""
+class GatedWithAnInertRead(GatedOnThePublicIds):
+    """The same gate, and the MLP's weights read on the public batches by a term too small to
+    change a logit: the weights are live there, the ops that compute from them are not."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        inert = sum(p.sum() for p in (*self.up.parameters(), *self.down.parameters()))
+        return super().forward(tokens) + 1e-30 * inert
+
+
+@pytest.mark.parametrize("cls", [GatedOnThePublicIds, GatedWithAnInertRead], ids=["gate", "inert-read"])
+def test_a_branch_gated_on_the_public_ids_is_refused_on_the_family_window(cls):  # type: ignore[no-untyped-def]
+    """Every recording on the public batches shows the embedding alone, as claimed; on the
+    family window the MLP computes from its trained weights in ops that are dead on them."""
     torch.manual_seed(0)
-    model = GatedOnThePublicIds().eval()
+    model = cls().eval()
     claimed = record_architecture(model, _ctx()).family_id
     unused = [i for i in range(VOCAB) if model.marker[i] > 50]
     windows = np.random.default_rng(6).choice(unused, size=(2, SEQ + 1))
     check = _checked(model, windows)
-    assert check.public_family_id == claimed  # every recording on the public batches is fooled
-    assert check.family_id != claimed
-    assert set(check.window_only_weights) == {"up.weight", "up.bias", "down.weight", "down.bias"}
+    assert check.public_family_id == claimed and check.family_id != claimed  # the public batches are fooled
+    assert any("addmm" in op or "mm" in op for op in check.reply.window_only_ops), check.reply.window_only_ops
+    refused = check.failure(claimed, forward_path=True)
+    assert (
+        refused is not None and refused.code == "identity.program_hidden_branch" and refused.fault == "miner"
+    )
+    check.family_window = None  # a re-measurement has no family window: nothing shared to decide on
     assert check.failure(claimed, forward_path=True) is None
+    assert check.failure(claimed, forward_path=False) is None  # an inference hook's pass has no family claim
+
+
+class SpaceVector(nn.Module):
+    """A learned vector added at the space byte, written as compare-and-select: the public
+    batches hold no id 32, so the branch folds away there and reads its weight only on text."""
+
+    def __init__(self, as_embedding: bool) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(VOCAB, 16), nn.Linear(16, VOCAB)
+        self.as_embedding = as_embedding
+        self.space = nn.Embedding(VOCAB, 16) if as_embedding else nn.Parameter(torch.randn(16))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.as_embedding:  # a learned vector per id, looked up by the ids: live on every input
+            return self.head(self.emb(tokens) + self.space(tokens))
+        return self.head(self.emb(tokens) + (tokens == 32).unsqueeze(-1).float() * self.space)
+
+
+def test_a_weight_used_only_at_an_id_the_public_batches_lack_is_refused_unless_it_is_a_lookup():
+    """The known cost (docs/identity.md): the claim cannot show a trained branch the public
+    batches never take, honest or not; a vector per id looked up by the ids themselves passes (an
+    index computed by a comparison, ``space((tokens == 32).long())``, folds like the select)."""
+    assert 32 not in graph_module.public_batches(_ctx(), SEQ)[0]
+    windows = np.full((2, SEQ + 1), 32, dtype=np.int64)
+    windows[:, ::2] = 7
+    for as_embedding, refused in ((False, "identity.program_hidden_branch"), (True, None)):
+        torch.manual_seed(0)
+        model = SpaceVector(as_embedding).eval()
+        fault = _checked(model, windows).failure(
+            record_architecture(model, _ctx()).family_id, forward_path=True
+        )
+        assert (fault.code if fault else None) == refused, fault
+
+
+def test_two_recordings_that_do_not_line_up_are_refused():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    tokens = torch.randint(0, VOCAB, (1, SEQ))
+    first = graph_module.record_forward(model, _ctx(), inputs=(tokens, tokens), rebuilt=True)
+    other = graph_module.record_forward(
+        DocumentMasked().eval(), _ctx(), inputs=(tokens, tokens), rebuilt=True
+    )
+    assert graph_module.computed_only_in(first, first) == []
+    with pytest.raises(graph_module.GraphRecordingError) as caught:
+        graph_module.computed_only_in(first, other)
+    assert caught.value.code == "graph.unaligned"
 
 
 def test_the_host_blames_a_program_that_kills_its_checker_but_not_a_checker_it_never_reached():

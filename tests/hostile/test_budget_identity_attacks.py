@@ -387,17 +387,13 @@ GATED_WITH_AN_INERT_READ = GATED_ON_THE_RECORDING_TOKENS.replace(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual (docs/security.md, class 9): the family is the program's function on the public recording "
-    "batches; a gate keyed on them is a value-dependent fold, which honest models (document masks) also have, so "
-    "what the held-out family window shows is evidence (integrity.program_window_*), not a verdict",
-)
 @pytest.mark.parametrize(
     "body", [GATED_ON_THE_RECORDING_TOKENS, GATED_WITH_AN_INERT_READ], ids=["gate", "gate-inert-read"]
 )
 def test_a_branch_gated_on_the_public_batches_is_refused(attack_run, body):
-    assert_refused(attack_run(source(REAL + body)), "identity.program_")
+    # The gate is the constant 0 on the public batches, so the MLP's ops are dead there; on the
+    # held-out family window they compute from its trained weights (an inert read does not help).
+    assert_refused(attack_run(source(REAL + body)), "identity.program_hidden_branch")
 
 
 # An honest model whose graph depends on the data: attention does not cross an end-of-text id

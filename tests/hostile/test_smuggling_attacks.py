@@ -16,7 +16,7 @@ import math
 from collections import Counter
 
 import pytest
-from attack_helpers import describe, source
+from attack_helpers import assert_refused, describe, source
 
 from prism.submission import SubmissionError
 
@@ -176,18 +176,18 @@ RESIDUAL = (
 
 # Hidden from the probe (the table answers only in eval mode); its lookup branch is constant on
 # the public recording batches (none of their byte pairs is in the table), so the claimed family
-# omits it. The program check no longer refuses that by itself: value-dependent folds change
-# honest families too (tests/hostile/test_budget_identity_attacks.py, document mask).
-@pytest.mark.xfail(strict=True, reason=RESIDUAL)
+# omits it. On the held-out family window the branch's ``where`` mixes the table into the trained
+# logits, ops that are dead on the public batches: refused (``identity.program_hidden_branch``).
 def test_a_table_in_literals_hidden_from_the_probe_is_stopped(attack_run, corpus_text, tinylm_twin):
     run = attack_run(source(_in_literals(_packed_table(corpus_text)) + SMUGGLER + BLEND_ONLY_AT_EVAL))
     assert_stopped(run, tinylm_twin)
+    assert_refused(run, "identity.program_hidden_branch")
 
 
-@pytest.mark.xfail(strict=True, reason=RESIDUAL)
 def test_a_table_in_comments_ramped_in_during_training_is_stopped(attack_run, corpus_text, tinylm_twin):
     run = attack_run(source(_in_comments(_packed_table(corpus_text)) + SMUGGLER + BLEND_RAMP))
     assert_stopped(run, tinylm_twin)
+    assert_refused(run, "identity.program_hidden_branch")
 
 
 # Kept live on the public batches too, so even the family there is the table's.
