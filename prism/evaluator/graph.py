@@ -164,14 +164,15 @@ class Recording:
 
     Folds that depend on the values seen can change a family from one input to another (a
     document mask is a constant on a batch with no end-of-text id); the names say whether a
-    trained weight is read only on some inputs (program check evidence)."""
+    trained weight is read only on some inputs (program check evidence), and ``weight_ops``
+    whether ops compute from weights only on some (``computed_only_in``: a verdict)."""
 
     graph: ArchitectureGraph
     live_parameters: tuple[str, ...]
     #: Trace positions of the live ops whose value depends on a trained parameter.
-    weight_ops: frozenset[int] = frozenset()
+    weight_ops: frozenset[int]
     #: The recorded ops, in order (``kind:name``): two recordings of one program line up.
-    trace_ops: tuple[str, ...] = ()
+    trace_ops: tuple[str, ...]
 
 
 def computed_only_in(first: Recording, second: Recording) -> list[str]:

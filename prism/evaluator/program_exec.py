@@ -82,8 +82,9 @@ def _execute(
         for window in windows
     ]
     ctx = make_context(spec.context, device=spec.device, total_steps=spec.total_steps)
-    # On the first window (the family window, from the held-out seed; evidence) and on the public
-    # recording batches the claim was recorded on, at the run's length (compared with the claim).
+    # On the first window (the family window, from the held-out seed) and on the public recording
+    # batches the claim was recorded on, at the run's length: the family on the public batches is
+    # compared with the claim, and the ops that compute from weights on the window only are sent.
     window, window_weights = _recorded(
         program, state, ctx, torch.from_numpy(windows[0, None, :-1].copy()), spec.device
     )
