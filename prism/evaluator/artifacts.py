@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prism.evaluator.context import PROBE_FILENAME, RUNNER_REPORT_FILENAME, RunnerReport
+from prism.evaluator.framing import loads_untrusted
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def parse_probe_lines(text: str) -> list[dict[str, Any]]:
     records = []
     for line in text.splitlines():
         try:
-            rec = json.loads(line)
+            rec = loads_untrusted(line)
         except ValueError:
             continue
         if isinstance(rec, dict) and all(k in rec for k in _PROBE_KEYS):

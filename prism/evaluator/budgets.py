@@ -29,18 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prism.errors import MinerFault
+from prism.evaluator.framing import loads_untrusted
 
 MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS = 100_000
 MAX_NAME_CHARS = 512
 MAX_DIM = 2**40  # far above any real tensor; keeps every product of dims within 64 bits
 BYTES_PER_VALUE = 4  # the budget's unit: one float32
+HEADER_ALIGNMENT = 8  # safetensors pads its header with spaces to a multiple of 8 bytes
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
+INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"})
 #: Metadata the writer may leave (safetensors' own); anything else could carry data uncounted.
 ALLOWED_METADATA = ({}, {"format": "pt"})
 
@@ -59,9 +62,12 @@ class TensorEntry:
 
     @property
     def counted_values(self) -> int:
-        """What this tensor costs in the budget: its elements, its bytes in float32 units, its name."""
+        """What this tensor costs in the budget: its elements or its bytes in float32 units (an
+        integer tensor: its bytes, since shifts and masks take an int32 apart into four int8
+        values), plus its name."""
         nbytes = self.end - self.begin
-        return max(self.numel, -(-nbytes // BYTES_PER_VALUE)) + -(-len(self.name.encode()) // BYTES_PER_VALUE)
+        values = nbytes if self.dtype in INTEGER_DTYPES else max(self.numel, -(-nbytes // BYTES_PER_VALUE))
+        return values + -(-len(self.name.encode()) // BYTES_PER_VALUE)
 
 
 @dataclass(frozen=True)
@@ -96,12 +102,25 @@ def _read_header(path: Path) -> tuple[dict, int, int]:  # type: ignore[type-arg]
             raise _invalid(f"header of {size} bytes does not fit the file")
         raw = fh.read(size)
     try:
-        header = json.loads(raw.decode("utf-8").rstrip(" "))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = loads_untrusted(raw.decode("utf-8").rstrip(" "))
+    except ValueError as exc:
         raise _invalid(f"header is not JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise _invalid("header is not an object")
+    _check_canonical(raw, header)
     return header, 8 + size, info.st_size
+
+
+def _check_canonical(raw: bytes, header: dict) -> None:  # type: ignore[type-arg]
+    """The header must be the compact JSON safetensors writes, then at most 7 spaces of
+    alignment: any other spelling of the same header (whitespace, escapes, duplicate keys) is
+    room for values the budget never counts, which the held-out process can read back."""
+    body = raw.rstrip(b" ")
+    canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if body != canonical:
+        raise _invalid("header is not in the compact form safetensors writes (extra whitespace or escapes)")
+    if len(raw) - len(body) >= HEADER_ALIGNMENT:
+        raise _invalid(f"header is padded with {len(raw) - len(body)} spaces (alignment needs fewer than 8)")
 
 
 def _entry(name: object, spec: object) -> TensorEntry:
@@ -115,7 +134,9 @@ def _entry(name: object, spec: object) -> TensorEntry:
     if not isinstance(shape, list) or not all(isinstance(n, int) and 0 <= n <= MAX_DIM for n in shape):
         raise _invalid(f"tensor {name!r} has a bad shape")
     if 0 in shape:
-        raise _invalid(f"tensor {name!r} has no elements (empty tensors are refused: their names would be free)")
+        raise _invalid(
+            f"tensor {name!r} has no elements (empty tensors are refused: their names would be free)"
+        )
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
         raise _invalid(f"tensor {name!r} has bad data_offsets")
     entry = TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])

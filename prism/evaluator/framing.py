@@ -27,6 +27,23 @@ MAX_PAYLOAD_BYTES = 1 << 30
 _READ_CHUNK = 1 << 20
 
 
+def loads_untrusted(data: bytes | str) -> Any:
+    """``json.loads`` for text a sandboxed process wrote. Every way it can be bad is a
+    ``ValueError``: not UTF-8, not JSON, nested past Python's recursion limit (``json`` raises
+    ``RecursionError`` there, which would escape a caller's ``except ValueError``), or holding a
+    string that cannot be written back as UTF-8 (a lone surrogate escape such as ``\\ud800``, which
+    would make a manifest that copied it unreadable)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+    except UnicodeError as exc:
+        raise ValueError(f"JSON text or strings are not UTF-8: {exc}") from exc
+    return value
+
+
 class ProtocolError(InfrastructureFault):
     """The byte stream broke the framing rules (the caller decides whose fault that is)."""
 
@@ -84,8 +101,8 @@ class FrameReader:
         if head_len > MAX_HEADER_BYTES or payload_len > self.max_payload:
             raise ProtocolError(f"frame exceeds limits (header {head_len} B, payload {payload_len} B)")
         try:
-            header = json.loads(self._read_exact(head_len).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = loads_untrusted(self._read_exact(head_len))
+        except ValueError as exc:
             raise ProtocolError(f"frame header is not JSON: {exc}") from exc
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
             raise ProtocolError("frame header must be an object with a string 'type'")

@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ from prism.evaluator.graph_trace import (
     GraphRecordingError,
     Trace,
     TraceRecorder,
+    _storage_key,
     untracked_inputs,
 )
 from prism.evaluator.interface import PrismContext
@@ -221,12 +223,15 @@ def record_forward(
     max_recorded_bytes: int = MAX_RECORDED_BYTES,
     inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     rebuilt: bool = False,
+    file_buffers: tuple[torch.Tensor, ...] = (),
 ) -> Recording:
     """``record_architecture``, with the names of the parameters the output depends on.
 
     ``rebuilt``: the model is a ``graph_program.ProgramModule``, which runs aten ops only and
     passes nothing but tensors between them, so no value can leave torch and come back; the
-    second forward that looks for one is skipped (``inputs[1]`` is not used)."""
+    second forward that looks for one is skipped (``inputs[1]`` is not used). ``file_buffers``:
+    tensors of the weights file the model holds as buffers (frozen parameters, persistent
+    buffers); ops computing from their values count as weight ops too."""
     if inputs is None:
         model = model.to(device="cpu", dtype=torch.float32)
         inputs = (canonical_tokens(ctx), probe_tokens(ctx))
@@ -239,7 +244,8 @@ def record_forward(
     )
     if problem is not None:
         raise GraphRecordingError(f"identity cannot be recorded: {problem}", code="graph.untracked_value")
-    return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel())
+    storages = frozenset(_storage_key(b) for b in file_buffers if not _triangular_table(b)) - {0}
+    return _build_graph(model, ctx, trace, float(flop_counter.get_total_flops()), tokens.numel(), storages)
 
 
 def _trace(
@@ -271,7 +277,12 @@ def canonicalize(trace: Trace, parameters: list[tuple[list[int], str]]) -> Emitt
 
 
 def _build_graph(
-    model: torch.nn.Module, ctx: PrismContext, trace: Trace, flops: float, n_tokens: int
+    model: torch.nn.Module,
+    ctx: PrismContext,
+    trace: Trace,
+    flops: float,
+    n_tokens: int,
+    file_storages: frozenset[int] = frozenset(),
 ) -> Recording:
     parameters = [
         ParameterRecord(name=name, shape=list(p.shape), dtype=str(p.dtype).removeprefix("torch."))
@@ -318,7 +329,7 @@ def _build_graph(
     return Recording(
         graph,
         tuple(parameters[i].name for i in emitted.parameters_used),
-        weight_ops=_weight_dependent_ops(emitted.order),
+        weight_ops=_weight_dependent_ops(emitted.order) | _file_buffer_ops(trace, emitted, file_storages),
         trace_ops=tuple(f"{node.kind}:{node.name}" for node in trace.nodes),
     )
 
@@ -333,6 +344,38 @@ def _weight_dependent_ops(order: list[CNode]) -> frozenset[int]:
             dependent.add(id(node))
             covers.update(node.covers)
     return frozenset(covers)
+
+
+def _file_buffer_ops(trace: Trace, emitted: Emitted, storages: frozenset[int]) -> frozenset[int]:
+    """Trace positions of live ops that compute from the values of a weights-file tensor held
+    as a buffer (a frozen parameter's or a persistent buffer's storage in ``storages``), through
+    any op (a comparison too: bits rebuild values). They are constants to the canonicaliser,
+    which folds what they feed alone, so this follows the trace itself."""
+    if not storages:
+        return frozenset()
+    live = {index for node in emitted.order for index in node.covers}
+    dependent: set[int] = set()
+    for node in trace.nodes:
+        if node.kind == "const":
+            if node.outputs and _storage_key(node.outputs[0]) in storages:
+                dependent.add(node.index)
+        elif any(ref.node in dependent for ref in node.inputs):
+            dependent.add(node.index)
+    return frozenset(i for i in dependent if i in live and trace.nodes[i].kind != "const")
+
+
+def _triangular_table(tensor: torch.Tensor) -> bool:
+    """A causal table (nanoGPT's ``bias``, an additive 0 / -inf mask): one value on a triangle,
+    another off it. It holds one bit, so a document mask folded over it reads nothing trained."""
+    if tensor.dim() < 2 or tensor.numel() == 0 or math.prod(tensor.shape[:-2]) != 1:
+        return False
+    table = tensor.detach().reshape(tensor.shape[-2], tensor.shape[-1])
+    full = torch.ones(table.shape, dtype=torch.bool, device=table.device)
+    for inside in (full.tril(), full.triu(), full.tril(-1), full.triu(1)):
+        on, off = table[inside], table[~inside]
+        if on.numel() and off.numel() and bool((on == on[0]).all()) and bool((off == off[0]).all()):
+            return True
+    return False
 
 
 def _op_records(trace: Trace, emitted: Emitted) -> list[OpRecord]:

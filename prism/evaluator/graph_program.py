@@ -1,7 +1,7 @@
 """The measured function as data: record it where the submission runs, execute it where it never ran.
 
-The held-out process answers every batch through the submission's inference path. At ``finish``
-it records that path once more (``record_program``: ``B = 1``, the run's ``T``, the device and
+The held-out process answers every batch through the submission's inference path. Right after
+``ready``, before the first held-out input, it records that path once more (``record_program``: ``B = 1``, the run's ``T``, the device and
 dtype the batches ran with) as a *program*: the aten ops it executed, in order, with their
 arguments, and where each source tensor came from:
 
@@ -58,6 +58,9 @@ DENIED_OPS = frozenset({"aten.from_file.default"})
 #: out of bounds with them. No dense model needs them.
 DENIED_PACKET_PARTS = ("sparse", "nested", "quantize", "mkldnn", "from_file")
 DENIED_PACKETS = frozenset({"set_", "source_Storage"})
+#: Reinterpreting a tensor's bits as another dtype (``x.view(torch.int8)``) reads four int8
+#: values out of one float32 or int32 the budget counted once; no language model needs it.
+BITCAST_PACKETS = frozenset({"view", "view_copy"})
 
 
 class ProgramError(MinerFault):
@@ -228,8 +231,21 @@ def _pair(value: Any) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _is_bitcast(name: Any) -> bool:
+    """``aten.view.dtype``, ``aten.view_copy.dtype`` and their ``out`` forms: the program names
+    its ops, so every spelling of the reinterpretation is refused."""
+    parts = _text(name).split(".")
+    return len(parts) == 3 and parts[1] in BITCAST_PACKETS and parts[2].startswith("dtype")
+
+
 def resolve_op(name: Any) -> Any:
     """``aten.add.Tensor`` -> the OpOverload; anything outside ``ALLOWED_NAMESPACES`` is refused."""
+    if _is_bitcast(name):
+        raise ProgramError(
+            f"the program calls {name!r}: it reads a tensor's bits as another dtype, which would read more "
+            "values out of the weights than the parameter budget counted",
+            code="identity.program_bitcast",
+        )
     parts = _text(name).split(".")
     denied = len(parts) == 3 and (
         parts[1] in DENIED_PACKETS or any(part in parts[1] for part in DENIED_PACKET_PARTS)
@@ -334,6 +350,12 @@ class ProgramModule(torch.nn.Module):
                 self.register_buffer(slot, tensor)
             self._slots[name] = slot
         return self._slots[name]
+
+    def file_buffers(self) -> tuple[torch.Tensor, ...]:
+        """The weights-file tensors held as buffers, not parameters: whatever the program calls
+        them (a frozen parameter, a persistent buffer, an integer tensor), they are trained state."""
+        buffers = dict(self.named_buffers())
+        return tuple(buffers[slot] for slot in self._slots.values() if slot in buffers)
 
     def weights_file_name(self, attribute: str) -> str:
         """The weights-file name of a registered parameter or buffer (``attribute`` itself for a

@@ -11,9 +11,10 @@ fresh model at the profile's canonical context, and answers the host, batch by b
 2. ``targets`` -> ``z``: the target logit of every position (float64);
 3. ``spots`` (positions the host drew only now) -> ``rows``: those float32 logit rows.
 
+Right after ``ready`` it sends its inference pass as a program (before the first held-out input).
 At ``finish`` it records the graph of the *trained* model at the run's context and says ``done``.
-The same process, with the same spec and protocol, answers the host's prefix replay: nothing it
-can see tells a replay from a main evaluation before it has committed.
+The same process, with the same protocol, answers the host's prefix replay; its spec records no
+graphs, and it answers the program check from a forked child before its ``go``.
 
 Everything this process says is evidence; the host checks it (``prism.evaluator.heldout_host``).
 """
@@ -203,6 +204,10 @@ class _Evaluator:
         from prism.evaluator.graph_program import record_program
 
         tokens = canonical_tokens(self.ctx).to(self.spec.device)
+        # One forward first, unrecorded, on the same public ids: state a model builds on its first
+        # call (a cache, random features) is then a constant of the program, as on every later call.
+        with self.t.torch.no_grad():
+            call_submission("eval.forward_failed", "the inference path", self.forward, tokens)
         return record_program(self.forward, self.model, tokens, max_bytes=RUN_GRAPH_MAX_BYTES)
 
     def run_graph(self) -> dict[str, Any]:
@@ -298,12 +303,8 @@ class _Evaluator:
 
     def _finish(self) -> None:
         after = params_sha256(self.model)
-        # The program first: recording the run graph moves the model to CPU float32.
-        program = _json(self.program()) if self.spec.record_program else b""
         graph = _json(self.run_graph() if self.spec.record_graphs else {})
         self.pipes.writer.write({"type": DONE, "params_sha256": after, "advisory": self.advisory}, graph)
-        if self.spec.record_program:
-            self.pipes.writer.write({"type": PROGRAM}, program)
 
     def _one_batch(self, header: dict[str, Any], payload: bytes, seq_len: int, vocab: int) -> None:
         torch, batch = self.t.torch, header.get("batch")
@@ -324,19 +325,59 @@ def _json(value: Any) -> bytes:
 
 
 def _until_go(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec) -> None:
-    """Before ``go`` no submission code has run here: answer program checks, then wait for go."""
+    """Before ``go`` no submission code has run here. A replay the host will ask for the program
+    check answers it first, from a forked child, then waits for go."""
+    if spec.program_check:
+        _program_check_in_a_child(pipes, state, spec)
+    pipes.reader.expect(GO)
+
+
+def _program_check_in_a_child(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec) -> None:
+    """Answer the one ``execute`` from a forked child, which runs trusted code only and exits.
+    The program is data the main process chose (its constants, and the windows it is run on
+    come with it): it must never be in the memory of a process that will load the submission,
+    which could read it back there. The child reads it from the pipe, so this process never
+    holds it, and it is gone (its memory with it) before this process reads ``go``."""
     # Imported while the main evaluation runs (a replay starts warm): the check is on the host's
     # critical path once the main process has ended, and these imports take a second or two.
+    import torch
+
     from prism.evaluator.program_exec import answer_execute, warm_up
 
+    if torch.cuda.is_initialized():  # a forked child cannot use CUDA; nothing here should touch it
+        raise InfrastructureFault("CUDA was initialised before the program check's fork", code="eval.crashed")
+    # One thread until the child is gone: a child forked after an OpenMP team has started hangs at
+    # its first parallel op (libgomp is not fork-safe), so neither side may start one before.
+    torch.set_num_threads(1)
     warm_up()
-    while True:
-        header, payload = pipes.reader.read()
-        if header["type"] == GO:
-            return
-        if header["type"] != EXECUTE:
-            raise ProtocolError(f"expected execute or go, got {header['type']!r}")
-        pipes.writer.write(*answer_execute(header, payload, state, spec))
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        _child_answers(pipes, state, spec, answer_execute)
+    _, status = os.waitpid(child, 0)
+    if status != 0:  # it died before or while it answered: the stream is in an unknown state, so end
+        logger.error("the program check's child failed (wait status %s)", status)
+        os._exit(EXIT_MINER_FAULT)  # the host reads end of file: the program failed its check
+    torch.set_num_threads(spec.torch_threads)
+
+
+def _child_answers(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec, answer: Any) -> None:
+    """The forked child: answer the one ``execute``, then leave without any teardown."""
+    code = 1
+    try:
+        import torch
+
+        torch.set_num_threads(spec.torch_threads)
+        header, payload = pipes.reader.expect(EXECUTE)
+        pipes.writer.write(*answer(header, payload, state, spec))
+        code = 0
+    except BaseException:
+        logger.exception("the program check's child failed")
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def _report_error(pipes: _Pipes, exc: BaseException) -> int:
@@ -374,6 +415,8 @@ def process_main(argv: list[str] | None = None) -> int:
         pipes.writer.write({"type": HELLO})  # from here on this process is the submission's
         ready, graph = evaluator.setup(state)
         pipes.writer.write({"type": READY, **ready}, json.dumps(graph, separators=(",", ":")).encode("utf-8"))
+        if spec.record_program:  # before the first held-out input: it cannot hold anything learnt from one
+            pipes.writer.write({"type": PROGRAM}, _json(evaluator.program()))
         evaluator.serve()
         return EXIT_OK
     except Exception as exc:  # reported to the host, which decides whose fault it is

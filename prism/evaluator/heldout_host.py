@@ -19,7 +19,6 @@ the prefix replay (:mod:`prism.evaluator.replay`).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import secrets
 import shutil
@@ -35,7 +34,14 @@ import numpy as np
 
 from prism.errors import MinerFault, PrismError
 from prism.evaluator import sandbox as sb
-from prism.evaluator.framing import ChannelClosed, ChannelTimeout, FrameReader, FrameWriter, ProtocolError
+from prism.evaluator.framing import (
+    ChannelClosed,
+    ChannelTimeout,
+    FrameReader,
+    FrameWriter,
+    ProtocolError,
+    loads_untrusted,
+)
 from prism.evaluator.heldout_wire import (
     COMMITTED,
     DIGEST_BYTES,
@@ -178,6 +184,8 @@ class HeldoutSession:
             self._read(HELLO)
             out.hello = True
             self._expect_ready()
+            if self.program:
+                self._expect_program()
             out.timings_s["setup"] = time.monotonic() - started
             loop_start = time.monotonic()
             for first in range(0, n, batch_size):
@@ -203,8 +211,8 @@ class HeldoutSession:
 
     def _graph(self, payload: bytes) -> dict[str, Any]:
         try:
-            graph = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            graph = loads_untrusted(payload)
+        except ValueError as exc:
             raise _reply_error(f"architecture graph is not JSON: {exc}") from exc
         for key, kind in (("family_id", str), ("version_id", str), ("parameter_count", int)):
             if not isinstance(graph, dict) or not isinstance(graph.get(key), kind):
@@ -305,14 +313,17 @@ class HeldoutSession:
         advisory = header.get("advisory")
         self.outcome.advisory = [str(a)[:500] for a in advisory[:20]] if isinstance(advisory, list) else []
         self.outcome.run_graph = self._graph(payload) if self.graphs else None
-        if self.program:
-            program = self._read(PROGRAM)[1]
-            if len(program) > MAX_PROGRAM_BYTES:
-                raise MinerFault(
-                    f"the recorded inference pass is {len(program):,} bytes, over {MAX_PROGRAM_BYTES:,}",
-                    code="identity.program_invalid",
-                )
-            self.outcome.program = program
+
+    def _expect_program(self) -> None:
+        """The inference pass as a program, sent right after ready: before the first held-out
+        input, so nothing in it (constants, arguments) can come from held-out text."""
+        program = self._read(PROGRAM)[1]
+        if len(program) > MAX_PROGRAM_BYTES:
+            raise MinerFault(
+                f"the recorded inference pass is {len(program):,} bytes, over {MAX_PROGRAM_BYTES:,}",
+                code="identity.program_invalid",
+            )
+        self.outcome.program = program
 
 
 def _is_sha256(value: Any) -> bool:
@@ -413,6 +424,11 @@ class HeldoutProcess:
             self.proc.kill()
             raise
         return reply
+
+    def kill(self) -> None:
+        """Kill the process now (idempotent; :meth:`close` still reaps it)."""
+        if self.proc is not None:
+            self.proc.kill()
 
     def close(self, outcome: SessionOutcome | None) -> sb.SandboxResult | None:
         """End the process (it is killed unless it finished the protocol) and reap it."""

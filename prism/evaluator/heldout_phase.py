@@ -1,10 +1,15 @@
-"""Held-out phase (host side): the main evaluation process, then the prefix replay, then verdicts.
+"""Held-out phase (host side): the main evaluation process, the program check, then the prefix
+replay, then verdicts.
 
-The replay process starts only after the main one has ended and been reaped: two live
-processes of one submission could signal each other (file locks on shared inodes are blocked by
-the sandbox's seccomp filter, but timing channels remain), and a replay that can ask the main
-process what it saw would collude with it. The replay pairs are drawn after the main process
-has committed every batch.
+The replay process loads the submission only after the main one has ended and been reaped: two
+live processes of one submission could signal each other (file locks on shared inodes are
+blocked by the sandbox's seccomp filter, but timing channels remain), and a replay that can ask
+the main process what it saw would collude with it. The replay pairs are drawn after the main
+process has committed every batch. Before its ``go`` the replay answers the program check from
+a forked child that runs trusted code only and has exited before ``go``: the main process's
+program (its constants, and the windows it is run on) is data the main process chose, and must
+never be in the memory of a process that will run submission code (docs/security.md,
+"Lookahead").
 """
 
 from __future__ import annotations
@@ -78,12 +83,35 @@ def measure_heldout(
     spec: HeldoutSpec,
     family_seed: int | None = None,
 ) -> HeldoutOutcome:
-    """Measure held-out bpb with forge-proof reveals, then replay a sample in a fresh process
-    started only after the main one has ended. ``family_seed`` (the evaluation's held-out seed)
-    picks the program check's family window; None where no family is compared."""
+    """Measure held-out bpb with forge-proof reveals, check the main process's program (when the
+    replay's spec says it answers one), then replay a sample in a fresh process that loads the
+    submission only after the main one has ended. ``family_seed`` (the evaluation's held-out
+    seed) picks the program check's family window; None where no family is compared."""
+    # The replay starts now but waits, before loading the submission, for the host's "go": its
+    # start-up (python, torch, the weights) overlaps the main evaluation, and no submission code
+    # runs in it while the main process is alive.
+    t0 = time.monotonic()
+    main_process, replay_process = HeldoutProcess(main_job), HeldoutProcess(replay_job)
+    try:
+        outcome = _measure(main_process, windows, window_bytes, spec)
+        if replay_job.spec.program_check:
+            _check_program(outcome, replay_process, windows, spec, family_seed)
+        _replay_and_close(outcome, replay_process, windows, window_bytes, spec)
+    except BaseException:  # Ctrl-C or shutdown mid-protocol: leave no process of the run behind
+        main_process.kill()
+        replay_process.kill()
+        raise
+    outcome.timings_s["total"] = time.monotonic() - t0
+    return outcome
+
+
+def _measure(
+    main_process: HeldoutProcess, windows: np.ndarray, window_bytes: np.ndarray, spec: HeldoutSpec
+) -> HeldoutOutcome:
+    """The main evaluation, with spots sized by ``spot_budget``; its process reaped after."""
+    t0 = time.monotonic()
     n, seq_len = windows.shape[0], windows.shape[1] - 1
-    vocab = int(main_job.spec.context["vocab_size"])
-    cap = spec.position_cap_factor * math.log(vocab)
+    cap = spec.position_cap_factor * math.log(int(main_process.job.spec.context["vocab_size"]))
     budget = spot_budget(
         positions=n * seq_len,
         total_bytes=int(window_bytes.sum()),
@@ -91,11 +119,6 @@ def measure_heldout(
         survival=spec.lie_survival,
         gain_cap_nats=cap,
     )
-    t0 = time.monotonic()
-    # The replay starts now but waits, before loading the submission, for the host's "go": its
-    # start-up (python, torch, the weights) overlaps the main evaluation, and no submission code
-    # runs in it while the main process is alive.
-    main_process, replay_process = HeldoutProcess(main_job), HeldoutProcess(replay_job)
     main = ProcessRecord(
         main_process.drive(
             windows,
@@ -111,32 +134,45 @@ def measure_heldout(
         replay=ReplayOutcome(tolerance=spec.replay_tolerance_nats),
         budget=budget,
         cap_nats=cap,
-        hooks_allowed=main_job.spec.use_inference_hooks,
+        hooks_allowed=main_process.job.spec.use_inference_hooks,
     )
     outcome.timings_s["main"] = time.monotonic() - t0
     outcome.timings_s.update({f"main_{k}": v for k, v in main.session.timings_s.items()})
     # The main process is gone (reaped, its locks and memory with it) before the replay loads the
     # submission: two live processes of one submission could talk (docs/security.md, "Lookahead").
     _close(main_process, main)
-    if outcome.succeeded and main.session.program is not None and spec.program_windows:
-        # Before the replay's go: that process has not loaded the submission yet (program_check).
-        outcome.program = check_program(
-            replay_process,
-            main.session,
-            windows,
-            spec.program_windows,
-            spec.replay_tolerance_nats,
-            family_seed,
-        )
-        outcome.timings_s["program"] = outcome.program.seconds
-    count = replay_count(n, spec.batch_size, spec.replay_fraction)
+    return outcome
+
+
+def _replay_and_close(
+    outcome: HeldoutOutcome,
+    process: HeldoutProcess,
+    windows: np.ndarray,
+    window_bytes: np.ndarray,
+    spec: HeldoutSpec,
+) -> None:
+    count = replay_count(windows.shape[0], spec.batch_size, spec.replay_fraction)
     if outcome.succeeded and count and outcome.program_failure() is None:
         t1 = time.monotonic()
-        _replay(outcome, replay_process, windows, window_bytes, spec, count)
+        _replay(outcome, process, windows, window_bytes, spec, count)
         outcome.replay.seconds = outcome.timings_s["replay"] = time.monotonic() - t1
-    _close(replay_process, outcome.replay_process)
-    outcome.timings_s["total"] = time.monotonic() - t0
-    return outcome
+    _close(process, outcome.replay_process)
+
+
+def _check_program(
+    outcome: HeldoutOutcome,
+    process: HeldoutProcess,
+    windows: np.ndarray,
+    spec: HeldoutSpec,
+    family_seed: int | None,
+) -> None:
+    """Run the program check in the replay's forked child (before its go)."""
+    session = outcome.main.session
+    if outcome.succeeded and session.program is not None:
+        outcome.program = check_program(
+            process, session, windows, spec.program_windows, spec.replay_tolerance_nats, family_seed
+        )
+        outcome.timings_s["program"] = outcome.program.seconds
 
 
 def _replay(
@@ -316,8 +352,11 @@ def run_heldout(
         )
         return HeldoutResult(HeldoutOutcome(), failure, None)
     log_dir.mkdir(parents=True, exist_ok=True)
-    # The replay's graphs and program are not used.
-    specs = (spec, spec.model_copy(update={"record_graphs": False, "record_program": False}))
+    # The replay's graphs and program are not used; it answers the program check before its go.
+    checked = spec.record_program and heldout.program_windows > 0
+    replay_spec = spec.model_copy(
+        update={"record_graphs": False, "record_program": False, "program_check": checked}
+    )
     jobs = [
         HeldoutJob(
             spec=process_spec,
@@ -328,7 +367,7 @@ def run_heldout(
             isolation=isolation,
             extra_binds=extra_binds,
         )
-        for process_spec, name in zip(specs, ("heldout.log", "replay.log"), strict=True)
+        for process_spec, name in ((spec, "heldout.log"), (replay_spec, "replay.log"))
     ]
     outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout, family_seed)
     failure = first_failure(*(decide(o) for o in observations(outcome)))

@@ -3,7 +3,7 @@
 ==========  =========  ====================================================  ==========================
 frame       direction  header                                                payload
 ==========  =========  ====================================================  ==========================
-execute     h -> p     ``shape [K, T+1]``, ``tokens_bytes`` (before go only)    K*(T+1) int64, then a program JSON
+execute     h -> p     ``shape [K, T+1]``, ``tokens_bytes`` (before go)        K*(T+1) int64, then a program JSON
 executed    p -> h     ``graph`` (its summary) or ``error``                  log p(target), K*T float64
 go          h -> p                                                           (the process may load the submission)
 hello       p -> h                                                           (before any submission code)
@@ -16,7 +16,7 @@ spots       h -> p     ``batch``, ``positions [[b, t], ...]`` (drawn now)
 rows        p -> h     ``batch``                                             k rows (k*V float32)
 finish      h -> p
 done        p -> h     ``params_sha256``, ``advisory``                       run-context graph JSON
-program     p -> h     (after done, when ``record_program``)                 the inference pass as a program JSON
+program     p -> h     (right after ready, when ``record_program``)          the inference pass as a program JSON
 error       p -> h     ``code``, ``fault``, ``message``, ``frames``
 ==========  =========  ====================================================  ==========================
 """
@@ -33,8 +33,9 @@ from prism.evaluator.framing import ProtocolError
 GO, HELLO, READY, INPUTS, COMMITTED, TARGETS, Z, SPOTS, ROWS, FINISH, DONE, ERROR = (
     "go", "hello", "ready", "inputs", "committed", "targets", "z", "spots", "rows", "finish", "done", "error",
 )  # fmt: skip
-# The program check (prism.evaluator.program_check): a process that has not loaded the submission
-# yet (a replay, before go) executes the main process's recorded program on windows the host drew.
+# The program check (prism.evaluator.program_check): a forked child of the replay, before its go,
+# which never loads the submission, executes the main process's recorded program on windows the
+# host drew (``program_check`` in the spec).
 PROGRAM, EXECUTE, EXECUTED = "program", "execute", "executed"
 DIGEST_BYTES = 32
 
@@ -42,8 +43,9 @@ DIGEST_BYTES = 32
 class EvalProcessSpec(BaseModel):
     """``heldout_spec.json``: everything the evaluation process needs. Paths are as seen inside.
 
-    The main evaluation and the prefix replay get the same kind of spec: nothing in it tells
-    them apart.
+    The main evaluation and the prefix replay get the same kind of spec (the replay records no
+    graphs, and answers the program check before its ``go``, from a forked child that runs
+    trusted code only and is gone before the submission loads).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -67,7 +69,11 @@ class EvalProcessSpec(BaseModel):
     )
     record_program: bool = Field(
         default=True,
-        description="send the inference pass as a program after done, for the program check (not the replay)",
+        description="send the inference pass as a program right after ready, for the program check (not the replay)",
+    )
+    program_check: bool = Field(
+        default=False,
+        description="before go, answer one execute from a forked child that never loads the submission (the replay)",
     )
 
 

@@ -1,9 +1,14 @@
 """The program check (host side, no torch): the measured function, executed where no submission ran.
 
-The main held-out process sends its inference pass as a program (``graph_program``) after it
-has committed every batch. The host then picks windows and hands program and windows to a
-process that has read the trusted weights but not yet loaded the submission (the replay, before
-``go``; ``program_exec``). What that process returns is trusted: it never ran submission code.
+The main held-out process sends its inference pass as a program (``graph_program``) right
+after ``ready``, before its first held-out input, so the program's constants and arguments hold
+nothing learnt from held-out text; a model that adapts while it is evaluated no longer matches
+it. Once every batch is committed, the host picks windows and hands program and windows to a
+process that has read the trusted weights and never loads the submission (a forked child of the
+replay, before its ``go``; ``program_exec``). What that process returns is trusted: it never
+ran submission code. It has exited before the replay loads the submission, so what the main
+process put into the program (its constants, and the windows it is run on) never reaches code
+of the submission.
 The first window is the *family window*, drawn from the evaluation's held-out seed, so what is
 recorded on it is the same for every validator; it comes on top of ``count`` windows from fresh
 OS entropy, which the sandbox cannot predict even where the seed is public (the deviation never

@@ -1,7 +1,9 @@
 """Execute a recorded program where no submission code has run (process side of the program check).
 
-A held-out process that has read the trusted weights but not yet received ``go`` (the replay,
-warm and waiting) has never imported the submission. There it answers ``execute``: it rebuilds
+A forked child of the replay, before its ``go``, has read the trusted weights and never imports
+the submission; it answers one ``execute`` and exits before the replay loads the submission, so
+the program (data the main process chose) never reaches a process that runs submission code
+(``heldout._program_check_in_a_child``). There it rebuilds
 the main process's program over its own copy of the weights (``graph_program.ProgramModule``),
 runs it on each window the host drew (``B = 1``, as recorded) and returns ``log p(target)`` per
 position, computed as the main process's commitment is (float32 logits, float64
@@ -13,7 +15,6 @@ error; the host decides what it means (``prism.evaluator.program_check``).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch._dynamo
 
 from prism.errors import PrismError
 from prism.evaluator.context import make_context
-from prism.evaluator.framing import ProtocolError
+from prism.evaluator.framing import ProtocolError, loads_untrusted
 from prism.evaluator.graph import (
     RUN_GRAPH_MAX_BYTES,
     Recording,
@@ -51,8 +52,8 @@ def _decode(header: dict[str, Any], payload: bytes, spec: EvalProcessSpec) -> tu
     if windows.min() < 0 or windows.max() >= vocab:
         raise ProtocolError("execute token ids out of range")
     try:
-        program = json.loads(payload[tokens_bytes:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        program = loads_untrusted(payload[tokens_bytes:])
+    except ValueError as exc:
         raise ProgramError(f"the program is not JSON: {exc}") from exc
     return windows.astype(np.int64), program
 
@@ -105,7 +106,12 @@ def _recorded(
     module = ProgramModule(program, state).to(device)
     tokens = tokens.to(device)
     recording = record_forward(
-        module, ctx, max_recorded_bytes=RUN_GRAPH_MAX_BYTES, inputs=(tokens, tokens), rebuilt=True
+        module,
+        ctx,
+        max_recorded_bytes=RUN_GRAPH_MAX_BYTES,
+        inputs=(tokens, tokens),
+        rebuilt=True,
+        file_buffers=module.file_buffers(),
     )
     return recording, [module.weights_file_name(name) for name in recording.live_parameters]
 

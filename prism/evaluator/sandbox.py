@@ -581,7 +581,7 @@ def _read_status(fd: int) -> list[dict]:
             break
         try:
             doc, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # the sandbox wrote it: junk ends the scan
             break
         if isinstance(doc, dict):
             docs.append(doc)

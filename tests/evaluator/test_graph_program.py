@@ -20,7 +20,7 @@ from prism.evaluator import graph as graph_module
 from prism.evaluator import graph_program
 from prism.evaluator.context import make_context
 from prism.evaluator.graph import record_architecture
-from prism.evaluator.graph_program import ProgramError, ProgramModule, record_program
+from prism.evaluator.graph_program import ProgramError, ProgramModule, record_program, resolve_op
 from prism.evaluator.heldout_host import SessionOutcome
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
 from prism.evaluator.program_check import ProgramCheck, ProgramReply, deviation, draw_windows, family_window
@@ -361,6 +361,56 @@ def test_an_honest_document_mask_changes_the_window_family_but_is_not_refused():
     assert len(families) == 2  # the fold depends on the window: the family there is evidence
 
 
+class DocumentMaskedWithACausalBuffer(DocumentMasked):
+    """Honest, nanoGPT style: the causal table is a persistent float buffer (so it is in the
+    weights file) compared into a mask. A comparison makes a mask, not the buffer's values: the
+    document mask that folds on the public batches reads no trained value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("bias", torch.ones(SEQ, SEQ).tril())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        q, k, v = self.qkv(x).unsqueeze(1).split(16, dim=-1)
+        document = (tokens == EOT).cumsum(-1)
+        same = document.unsqueeze(-1) == document.unsqueeze(-2)
+        causal = self.bias[: tokens.shape[1], : tokens.shape[1]] == 1
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=(same & causal).unsqueeze(1))
+        return self.head(y.squeeze(1) + x)
+
+
+class DocumentMaskedWithAnAdditiveBuffer(DocumentMasked):
+    """Honest: an additive 0 / -inf causal buffer, filled with -inf across documents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("causal", torch.full((SEQ, SEQ), float("-inf")).triu(1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        q, k, v = self.qkv(x).unsqueeze(1).split(16, dim=-1)
+        document = (tokens == EOT).cumsum(-1)
+        same = document.unsqueeze(-1) == document.unsqueeze(-2)
+        bias = self.causal[: tokens.shape[1], : tokens.shape[1]].masked_fill(~same, float("-inf"))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1))
+        return self.head(y.squeeze(1) + x)
+
+
+@pytest.mark.parametrize("cls", [DocumentMaskedWithACausalBuffer, DocumentMaskedWithAnAdditiveBuffer])
+def test_a_document_mask_over_a_causal_buffer_is_not_refused(cls):  # type: ignore[no-untyped-def]
+    """A two-valued triangular table holds one bit: the one buffer the hidden-branch rule does not
+    follow, so the document mask that folds on the public batches over it is not refused."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    claimed = record_architecture(model, _ctx()).family_id
+    windows = np.random.default_rng(5).integers(0, VOCAB - 1, size=(2, SEQ + 1))
+    windows[0, SEQ // 2] = EOT
+    check = _checked(model, windows)
+    assert check.failure(claimed, forward_path=True) is None, check.failure(claimed, forward_path=True)
+    assert check.reply.window_only_ops == ()
+
+
 class GatedWithAnInertRead(GatedOnThePublicIds):
     """The same gate, and the MLP's weights read on the public batches by a term too small to
     change a logit: the weights are live there, the ops that compute from them are not."""
@@ -370,7 +420,59 @@ class GatedWithAnInertRead(GatedOnThePublicIds):
         return super().forward(tokens) + 1e-30 * inert
 
 
-@pytest.mark.parametrize("cls", [GatedOnThePublicIds, GatedWithAnInertRead], ids=["gate", "inert-read"])
+class GatedOnFrozenWeights(GatedOnThePublicIds):
+    """The same gate, the MLP's weights frozen: the program calls them constants, but they are
+    tensors of the weights file, so the checking side counts them as trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up.requires_grad_(False)
+        self.down.requires_grad_(False)
+
+
+class GatedOnBufferWeights(GatedOnThePublicIds):
+    """The same gate, the MLP's weights held as persistent buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        up, down = self.up, self.down
+        del self.up, self.down
+        self.register_buffer("up_weight", up.weight.detach().clone())
+        self.register_buffer("down_weight", down.weight.detach().clone())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        gate = (self.marker[tokens] > 50).any().to(x.dtype)
+        hidden = torch.relu(torch.nn.functional.linear(x, self.up_weight))
+        return self.head(x + gate * torch.nn.functional.linear(hidden, self.down_weight))
+
+
+class GatedOnBitsOfABuffer(GatedOnThePublicIds):
+    """The same gate, the branch's weights rebuilt from the bits of a uint8 buffer through
+    comparisons: a bool result does not end the dependence on the weights file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("bits", torch.randint(0, 256, (16,), dtype=torch.uint8))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        gate = (self.marker[tokens] > 50).any().to(x.dtype)
+        vector = sum(((self.bits & (1 << k)) != 0).to(x.dtype) * 2.0**-k for k in range(8))
+        return self.head(x + gate * vector)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        GatedOnThePublicIds,
+        GatedWithAnInertRead,
+        GatedOnFrozenWeights,
+        GatedOnBufferWeights,
+        GatedOnBitsOfABuffer,
+    ],
+    ids=["gate", "inert-read", "frozen-weights", "buffer-weights", "bits-of-a-buffer"],
+)
 def test_a_branch_gated_on_the_public_ids_is_refused_on_the_family_window(cls):  # type: ignore[no-untyped-def]
     """Every recording on the public batches shows the embedding alone, as claimed; on the
     family window the MLP computes from its trained weights in ops that are dead on them."""
@@ -381,7 +483,7 @@ def test_a_branch_gated_on_the_public_ids_is_refused_on_the_family_window(cls): 
     windows = np.random.default_rng(6).choice(unused, size=(2, SEQ + 1))
     check = _checked(model, windows)
     assert check.public_family_id == claimed and check.family_id != claimed  # the public batches are fooled
-    assert any("mm" in op for op in check.reply.window_only_ops), check.reply.window_only_ops
+    assert check.reply.window_only_ops, check.reply.window_only_ops
     refused = check.failure(claimed, forward_path=True)
     assert (
         refused is not None and refused.code == "identity.program_hidden_branch" and refused.fault == "miner"
@@ -528,3 +630,11 @@ def test_a_program_asking_for_a_sparse_layout_is_refused():
     with pytest.raises(ProgramError) as excinfo:
         ProgramModule(program, model.state_dict())(torch.zeros(1, SEQ, dtype=torch.long))
     assert excinfo.value.code == "identity.program_unsupported"
+
+
+def test_a_program_that_reads_bits_as_another_dtype_is_refused():
+    """Four int8 values out of each float32 or int32 would escape the parameter budget."""
+    for name in ("aten.view.dtype", "aten.view_copy.dtype", "aten.view_copy.dtype_out"):
+        with pytest.raises(ProgramError) as excinfo:
+            resolve_op(name)
+        assert excinfo.value.code == "identity.program_bitcast" and excinfo.value.fault == "miner"

@@ -155,9 +155,8 @@ class _LockChannel:
 _CHANNEL = _LockChannel
 '''
 
-#: Prefix matching and the role of a held-out process, over whichever channel is included
-#: (``_CHANNEL``: :data:`LOCK_CHANNEL` or :data:`PAGE_CACHE_CHANNEL`).
-COLLUDER = '''
+#: The length of the prefix two token rows share (a relayed window is found by it).
+PREFIX_MATCH = """
 def _lcp(a, b):
     n = 0
     for x, y in zip(a, b):
@@ -165,7 +164,13 @@ def _lcp(a, b):
             break
         n += 1
     return n
+"""
 
+#: Prefix matching and the role of a held-out process, over whichever channel is included
+#: (``_CHANNEL``: :data:`LOCK_CHANNEL` or :data:`PAGE_CACHE_CHANNEL`).
+COLLUDER = (
+    PREFIX_MATCH
+    + '''
 
 def _source(row, known):
     """(index, shared prefix length) of the known window that shares the longest prefix with row."""
@@ -209,6 +214,7 @@ class _Colluder:
             time.sleep(0.2)  # the replay's watcher copies the windows before this process exits
         return rows, (cls.channel.refresh() if cls.role == "replay" else list(cls.own))
 '''
+)
 
 #: A channel that outlives its writer: the page cache. Pages of a big read-only file that every
 #: sandbox binds (``/usr`` holds several) are evicted (``POSIX_FADV_DONTNEED``, allowed on a
@@ -404,6 +410,7 @@ __all__ = [
     "HONEST_BODY",
     "LOCK_CHANNEL",
     "PAGE_CACHE_CHANNEL",
+    "PREFIX_MATCH",
     "PRELUDE",
     "Twin",
     "assert_no_gain",

@@ -129,7 +129,7 @@ def build_model(ctx):
             size = struct.unpack("<Q", raw[:8])[0]
             header = json.loads(raw[8 : 8 + size])
             PATCH(header)
-            text = json.dumps(header).encode()
+            text = json.dumps(header, separators=(",", ":")).encode()  # the compact form the host requires
             fd = _os("open")(filename, _OS.O_WRONLY | _OS.O_TRUNC)
             _os("write")(fd, struct.pack("<Q", len(text)) + text + raw[8 + size :])
             _os("close")(fd)

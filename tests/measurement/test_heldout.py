@@ -35,7 +35,7 @@ def limits(wall_s: float = 120.0) -> SandboxLimits:
     )
 
 
-def _spec(root, weights) -> EvalProcessSpec:
+def _spec(root, weights, torch_threads: int = 1) -> EvalProcessSpec:
     return EvalProcessSpec(
         submission_dir=str(root),
         architecture_entrypoint="model.py",
@@ -43,6 +43,7 @@ def _spec(root, weights) -> EvalProcessSpec:
         context=RUN_CONTEXT,
         canonical_context=CANONICAL,
         max_batch_size=HELDOUT.batch_size,
+        torch_threads=torch_threads,
     )
 
 
@@ -59,6 +60,7 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
         corrupt_weights: bool = False,
         isolation=None,
         heldout: HeldoutSpec = HELDOUT,
+        torch_threads: int = 1,
     ):
         root = tmp_path / name
         root.mkdir()
@@ -78,7 +80,7 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
             weights.write_bytes(b"\xff" * 64)
         windows, window_bytes = heldout_windows
         result = run_heldout(
-            _spec(root, weights),
+            _spec(root, weights, torch_threads),
             windows=windows,
             window_bytes=window_bytes,
             heldout=heldout,
@@ -89,6 +91,16 @@ def evaluate(tmp_path, load_project, save_weights, heldout_windows):
         return result, model, (tmp_path / f"{name}-out" / "heldout.log")
 
     return run
+
+
+def test_the_program_checks_forked_child_runs_with_several_threads(evaluate, tiny_model):
+    """The replay forks the program check's child: with an OpenMP team started before the fork
+    the child would hang at its first parallel op (the replay holds one thread until then)."""
+    result, _, _ = evaluate(tiny_model, torch_threads=2, wall_s=90.0)
+    assert result.failure is None, result.failure
+    program = result.outcome.program
+    assert program is not None and program.reply.log_probs is not None and program.max_deviation <= 1e-3
+    assert result.outcome.replay.comparison is not None
 
 
 def test_bpb_equals_a_direct_computation_and_identity_is_recorded(
