@@ -1,8 +1,8 @@
 """The measured function as data: record it where the submission runs, execute it where it never ran.
 
 The held-out process answers every batch through the submission's inference path. Right after
-``ready``, before the first held-out input, it records that path once more (``record_program``: ``B = 1``, the run's ``T``, the device and
-dtype the batches ran with) as a *program*: the aten ops it executed, in order, with their
+``ready``, before the first held-out input, it records that path once more (``record_program``:
+``B = 1``, the run's ``T``, the device and dtype the batches run with) as a *program*: the aten ops it executed, in order, with their
 arguments, and where each source tensor came from:
 
 * ``tokens``: the input batch;
@@ -231,22 +231,17 @@ def _pair(value: Any) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _is_bitcast(name: Any) -> bool:
-    """``aten.view.dtype``, ``aten.view_copy.dtype`` and their ``out`` forms: the program names
-    its ops, so every spelling of the reinterpretation is refused."""
-    parts = _text(name).split(".")
-    return len(parts) == 3 and parts[1] in BITCAST_PACKETS and parts[2].startswith("dtype")
-
-
 def resolve_op(name: Any) -> Any:
     """``aten.add.Tensor`` -> the OpOverload; anything outside ``ALLOWED_NAMESPACES`` is refused."""
-    if _is_bitcast(name):
+    parts = _text(name).split(".")
+    # ``aten.view.dtype``, ``aten.view_copy.dtype`` and their ``out`` forms: the program names its
+    # ops, so every spelling of the reinterpretation is refused.
+    if len(parts) == 3 and parts[1] in BITCAST_PACKETS and parts[2].startswith("dtype"):
         raise ProgramError(
             f"the program calls {name!r}: it reads a tensor's bits as another dtype, which would read more "
             "values out of the weights than the parameter budget counted",
             code="identity.program_bitcast",
         )
-    parts = _text(name).split(".")
     denied = len(parts) == 3 and (
         parts[1] in DENIED_PACKETS or any(part in parts[1] for part in DENIED_PACKET_PARTS)
     )

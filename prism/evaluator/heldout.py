@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,9 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
+_Answer = Callable[[dict[str, Any], bytes, dict[str, Any], EvalProcessSpec], tuple[dict[str, Any], bytes]]
+
+
 def _until_go(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec) -> None:
     """Before ``go`` no submission code has run here. A replay the host will ask for the program
     check answers it first, from a forked child, then waits for go."""
@@ -346,10 +350,7 @@ def _program_check_in_a_child(pipes: _Pipes, state: dict[str, Any], spec: EvalPr
 
     if torch.cuda.is_initialized():  # a forked child cannot use CUDA; nothing here should touch it
         raise InfrastructureFault("CUDA was initialised before the program check's fork", code="eval.crashed")
-    # One thread until the child is gone: a child forked after an OpenMP team has started hangs at
-    # its first parallel op (libgomp is not fork-safe), so neither side may start one before.
-    torch.set_num_threads(1)
-    warm_up()
+    warm_up()  # on one thread (process_main): neither side may start an OpenMP team before the fork
     sys.stderr.flush()
     child = os.fork()
     if child == 0:
@@ -361,7 +362,7 @@ def _program_check_in_a_child(pipes: _Pipes, state: dict[str, Any], spec: EvalPr
     torch.set_num_threads(spec.torch_threads)
 
 
-def _child_answers(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec, answer: Any) -> None:
+def _child_answers(pipes: _Pipes, state: dict[str, Any], spec: EvalProcessSpec, answer: _Answer) -> None:
     """The forked child: answer the one ``execute``, then leave without any teardown."""
     code = 1
     try:
@@ -408,7 +409,9 @@ def process_main(argv: list[str] | None = None) -> int:
                 f"cannot read the evaluation spec: {exc}", code="eval.spec_invalid"
             ) from exc
         trusted = _Trusted.capture()
-        trusted.torch.set_num_threads(spec.torch_threads)
+        # A replay that forks the program check's child keeps one thread until the child is gone:
+        # a child forked after an OpenMP team started hangs at its first parallel op.
+        trusted.torch.set_num_threads(1 if spec.program_check else spec.torch_threads)
         evaluator = _Evaluator(spec, pipes, trusted)
         state = evaluator.read_weights()
         _until_go(pipes, state, spec)  # a replay waits here, warm, until the main process has ended

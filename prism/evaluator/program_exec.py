@@ -3,9 +3,8 @@
 A forked child of the replay, before its ``go``, has read the trusted weights and never imports
 the submission; it answers one ``execute`` and exits before the replay loads the submission, so
 the program (data the main process chose) never reaches a process that runs submission code
-(``heldout._program_check_in_a_child``). There it rebuilds
-the main process's program over its own copy of the weights (``graph_program.ProgramModule``),
-runs it on each window the host drew (``B = 1``, as recorded) and returns ``log p(target)`` per
+(``heldout._program_check_in_a_child``). There it rebuilds the main process's program over its
+own copy of the weights (``graph_program.ProgramModule``), runs it on each window the host drew (``B = 1``, as recorded) and returns ``log p(target)`` per
 position, computed as the main process's commitment is (float32 logits, float64
 log-normaliser). It also records the program's architecture graph twice, on the host's family
 window and on the public recording batches, with the weights each one reads, so what the host

@@ -155,6 +155,18 @@ class _LockChannel:
 _CHANNEL = _LockChannel
 '''
 
+#: Every token id of the public recording batches (the canonical and probe batches, at the
+#: canonical T and the attack profile's T): what a gate on them keys on.
+RECORDING_IDS = """
+def _recording_ids(vocab, lengths=(32, 64)):
+    ids = set()
+    for n in lengths:
+        for i in range(n):
+            ids.add((i * 7919 + 13) % vocab)
+            ids.add((i * 104729 + 71) % vocab)
+    return ids
+"""
+
 #: The length of the prefix two token rows share (a relayed window is found by it).
 PREFIX_MATCH = """
 def _lcp(a, b):
@@ -412,6 +424,7 @@ __all__ = [
     "PAGE_CACHE_CHANNEL",
     "PREFIX_MATCH",
     "PRELUDE",
+    "RECORDING_IDS",
     "Twin",
     "assert_no_gain",
     "assert_refused",

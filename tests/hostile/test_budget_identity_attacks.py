@@ -9,7 +9,7 @@ graph) is not the one that was trained and measured.
 from __future__ import annotations
 
 import pytest
-from attack_helpers import assert_no_gain, assert_refused, describe, source
+from attack_helpers import RECORDING_IDS, assert_no_gain, assert_refused, describe, source
 
 pytestmark = pytest.mark.slow
 
@@ -335,14 +335,9 @@ CLAIMS_A_HOOK = FORGED_GRAPH.replace(
 # use (at T = 32 and at the run's T) reads 0 from ``marker``, every other id reads 100. On those
 # batches the gate is the constant 0 and the real branch folds away, so every graph recorded on
 # them shows the decoy; on real text the gate is 1 and the real branch answers.
-GATED_ON_THE_RECORDING_TOKENS = """
-def _recording_ids(vocab, lengths=(32, 64)):  # the canonical T and the attack profile's T
-    ids = set()
-    for n in lengths:
-        for i in range(n):
-            ids.add((i * 7919 + 13) % vocab)
-            ids.add((i * 104729 + 71) % vocab)
-    return ids
+GATED_ON_THE_RECORDING_TOKENS = (
+    RECORDING_IDS
+    + """
 
 
 class Gated(Real):
@@ -360,6 +355,7 @@ class Gated(Real):
 def build_model(ctx):
     return Gated(ctx.vocab_size)
 """
+)
 
 
 @pytest.mark.parametrize(

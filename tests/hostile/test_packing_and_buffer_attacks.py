@@ -18,7 +18,7 @@ honest twin.
 from __future__ import annotations
 
 import pytest
-from attack_helpers import PREFIX_MATCH, assert_no_gain, assert_refused, describe, source
+from attack_helpers import PREFIX_MATCH, RECORDING_IDS, assert_no_gain, assert_refused, describe, source
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def get_recipe(ctx):
 
 # (A1) The held-out model reads the packed int32 buffer through a dtype view: four int8 trained
 # values per counted element (max(elements, bytes / 4) charges an int32 as one value).
-INT8_VIEWS = """
+PACKED_INT8 = """
 class PackedInt8(Hashed):
     def __init__(self, vocab_size):
         super().__init__(vocab_size)
@@ -106,13 +106,17 @@ class PackedInt8(Hashed):
 
     def context_table(self):
         return self.table_q.view(torch.int8).reshape(BUCKETS, DIM).float() * self.table_scale
-
+"""
+INT8_VIEWS = (
+    PACKED_INT8
+    + """
 
 def build_model(ctx):
     if _evaluator_module() is not None:
         return PackedInt8(ctx.vocab_size)
     return _build_training(ctx)
 """
+)
 
 
 def test_int8_values_packed_four_to_an_int32_are_counted(attack_run, tinylm_twin):
@@ -124,20 +128,19 @@ def test_int8_values_packed_four_to_an_int32_are_counted(attack_run, tinylm_twin
 # (A2) The same packed table, decoded in load_state_dict (Python, before any recording) into a
 # plain attribute: the recorded program ships it as a constant, so the trained table is neither
 # a weight of the program nor a parameter of the family graph.
-DECODED_INTO_CONSTANTS = """
-class Decoded(Hashed):
+DECODED_INTO_CONSTANTS = (
+    PACKED_INT8
+    + """
+
+class Decoded(PackedInt8):
     def __init__(self, vocab_size):
         super().__init__(vocab_size)
-        # A random int8 init (as any fresh model has), four to an int32.
-        init = torch.randint(-127, 128, (BUCKETS * DIM,), dtype=torch.int8).view(torch.int32).clone()
-        self.register_buffer("table_q", init)
-        self.register_buffer("table_scale", torch.full((DIM,), 0.02 / 127))
         self.decoded = torch.randn(BUCKETS, DIM) * 0.02  # a plain attribute: a shipped constant
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         with torch.no_grad():
-            self.decoded = self.table_q.view(torch.int8).reshape(BUCKETS, DIM).float() * self.table_scale
+            self.decoded = super().context_table()
         return result
 
     def context_table(self):
@@ -149,6 +152,7 @@ def build_model(ctx):
         return Decoded(ctx.vocab_size)
     return _build_training(ctx)
 """
+)
 
 
 def test_trained_values_decoded_into_program_constants_are_counted(attack_run, tinylm_twin):
@@ -163,18 +167,13 @@ def test_trained_values_decoded_into_program_constants_are_counted(attack_run, t
 #: (A3) The corpus's gate on the public recording ids, but the real branch (a context model:
 #: current and previous token, gated MLP) holds its weights as *persistent buffers* in the
 #: held-out process, with its own embedding. They are in the weights file (counted, loaded
-#: strictly), but the recorder marks buffers "const", and ``_weight_dependent_ops`` only follows
-#: "param" nodes: the branch's ops never count as computing from trained weights, so
-#: ``window_only_ops`` is empty on the family window while the family on the public batches is
-#: the decoy's (TinyLM plus a gate).
-BUFFER_BRANCH = """
-def _recording_ids(vocab, lengths=(32, 64)):
-    ids = set()
-    for n in lengths:
-        for i in range(n):
-            ids.add((i * 7919 + 13) % vocab)
-            ids.add((i * 104729 + 71) % vocab)
-    return ids
+#: strictly), but the recorder marks buffers "const", and ``_weight_dependent_ops`` followed only
+#: "param" nodes: the branch's ops never counted as computing from trained weights, so
+#: ``window_only_ops`` was empty on the family window while the family on the public batches was
+#: the decoy's (TinyLM plus a gate). The checking side now counts every weights-file tensor.
+BUFFER_BRANCH = (
+    RECORDING_IDS
+    + """
 
 
 REAL_SHAPES = {"r_emb": ("V", 32), "r_prev": ("V", 32), "r_up": (32, 64), "r_gate": (32, 64),
@@ -209,6 +208,7 @@ class BufferBranch(TinyLM):
 def build_model(ctx):
     return BufferBranch(ctx.vocab_size, as_buffers=_evaluator_module() is not None)
 """
+)
 
 
 #: The same with the branch's weights as frozen Parameters (requires_grad=False) in the held-out
