@@ -275,6 +275,19 @@ def compute_failure(
     return None
 
 
+def heldout_verdict(
+    outcome: HeldoutOutcome, budget: EvalComputeBudget | None, windows: int, seq_len: int
+) -> Failure | None:
+    """The held-out phase's failure: the verdicts module's, then the eval compute budget's. A
+    process that trains while it is evaluated may reach the wall clock before it ends on a loaded
+    machine; its CPU over the budget is then the cause and the timeout a symptom, so the budget's
+    code wins over ``eval.timeout`` (both are the miner's)."""
+    failure = first_failure(*(decide(o) for o in observations(outcome)))
+    if failure is None or failure.code == "eval.timeout":
+        return compute_failure(outcome, budget, windows, seq_len) or failure
+    return failure
+
+
 @dataclass
 class HeldoutResult:
     """What the host measured on one weights file (``failure`` set, and no bpb, when it failed)."""
@@ -370,9 +383,7 @@ def run_heldout(
         for process_spec, name in ((spec, "heldout.log"), (replay_spec, "replay.log"))
     ]
     outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout, family_seed)
-    failure = first_failure(*(decide(o) for o in observations(outcome)))
-    if failure is None:
-        failure = compute_failure(outcome, compute, int(windows.shape[0]), int(windows.shape[1]) - 1)
+    failure = heldout_verdict(outcome, compute, int(windows.shape[0]), int(windows.shape[1]) - 1)
     return HeldoutResult(outcome, failure, inventory)
 
 
@@ -381,6 +392,7 @@ __all__ = [
     "HeldoutOutcome",
     "HeldoutResult",
     "ProcessRecord",
+    "heldout_verdict",
     "measure_heldout",
     "observations",
     "run_heldout",

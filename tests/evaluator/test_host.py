@@ -220,6 +220,30 @@ def test_one_rule_decides_whose_fault_a_failure_is(observation, expected) -> Non
     assert (None if failure is None else (failure.code, failure.fault)) == expected
 
 
+@pytest.mark.parametrize(
+    ("cpu_s", "expected"),
+    [(60.0, "budget.eval_compute_exceeded"), (4.0, "eval.timeout")],
+)
+def test_a_timed_out_heldout_process_over_its_compute_budget_is_refused_for_the_compute(
+    cpu_s, expected
+) -> None:
+    """On a loaded machine a process that trains at evaluation time can reach the wall clock first:
+    its CPU over the budget is the cause; a slow process within its budget stays a timeout."""
+    from prism.evaluator.heldout_host import SessionOutcome
+    from prism.evaluator.heldout_phase import (
+        EvalComputeBudget,
+        HeldoutOutcome,
+        ProcessRecord,
+        heldout_verdict,
+    )
+
+    result = _sandbox(exit_code=None, signal=9, timed_out=True, wall_s=90.0, cpu_s=cpu_s, cpu_accounted=True)
+    outcome = HeldoutOutcome(main=ProcessRecord(session=SessionOutcome(hello=True), result=result))
+    budget = EvalComputeBudget(kind="cpu_s", fixed_s=8.0, per_position_s=1e-3)
+    failure = heldout_verdict(outcome, budget, windows=16, seq_len=63)
+    assert failure is not None and (failure.code, failure.fault) == (expected, "miner")
+
+
 def test_claimed_frames_are_kept_as_evidence() -> None:
     failure = decide(
         Observation("train", hello=True, sandbox=_sandbox(exit_code=3), claimed=_claim("eval.forward_failed"))
