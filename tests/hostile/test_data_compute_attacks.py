@@ -333,7 +333,9 @@ def test_training_inside_the_heldout_process_is_refused_by_the_program_check(att
 def test_heavy_training_inside_the_heldout_process_exceeds_the_eval_compute_budget(
     attack_run, without_program_check
 ):
-    body = TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(200):")
+    # 60 epochs: about 18 CPU seconds against a budget of about 6 on this profile, and well inside
+    # the 90 s wall clock (200 took the replay past it on a loaded machine).
+    body = TRAINING_AT_EVAL_TIME.replace("for _ in range(5):", "for _ in range(60):")
     run = attack_run(source(body), profile=without_program_check)
     failure = run.manifest.status.failure
     assert failure is not None and failure.code == "budget.eval_compute_exceeded", describe(run)
