@@ -49,6 +49,16 @@ class InfrastructureFault(PrismError):
     default_code = "infra.fault"
 
 
+class HostError(InfrastructureFault):
+    """PRISM's own host code raised while it handled what a sandboxed process produced.
+
+    Ours, but possibly provoked by that submission: retried like any infrastructure failure, and
+    it pauses the validator only when it recurs across submissions (prism.validator.evaluation).
+    """
+
+    default_code = "validator.host_error"
+
+
 class OperatorError(PrismError):
     """Bad input from the person running PRISM (flags, config, data directories)."""
 

@@ -9,7 +9,8 @@ This module only sequences the phases; each lives in its own module and returns 
 
 It never imports torch nor the submission's code. Intake failures (``SubmissionError``) are raised
 before any run starts; every failure after intake becomes a failed manifest whose fault the
-verdicts module decided.
+verdicts module decided, except an exception of the host's own code while it handles a run's
+output, which is raised as ``HostError`` (no manifest: the run is retried).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from prism.evaluator.progress import RunProgress
 from prism.evaluator.recipe import reference_steps
 from prism.evaluator.train_phase import TrainingJob, TrainingOutcome, run_training
 from prism.evaluator.variant import submission_to_run
-from prism.evaluator.verdicts import Observation, decide
+from prism.evaluator.verdicts import Observation, decide, host_errors_typed
 from prism.manifest import MANIFEST_FILENAME, Artifacts, Failure, RunManifest, read_manifest, write_manifest
 from prism.profiles import Profile
 
@@ -361,25 +362,33 @@ def run_one(
             phase="calibration",
             observed="calibration failed on the host",
         )
-    if ev.failure is None:
-        ev.training = _train(request, plan, submission_dir, isolation, bars)
-        ev.timings["train_sandbox"] = ev.training.wall_s
-        ev.failure = training_failure(ev.training) or _budget_failure(ev)
+    # From here on the host reads what sandboxed processes produced: an exception of its own
+    # code is a HostError (retried, not a validator-wide pause; prism.evaluator.verdicts).
+    with host_errors_typed(f"run {plan.run_id}"):
+        if ev.failure is None:
+            _train_and_measure(ev, submission_dir, bars)
+        ev.failure = _device_verdict(ev)
+        if ev.training is not None and ev.training.report is not None:
+            ev.timings.update({f"runner_{k}": v for k, v in ev.training.report.timings_s.items()})
+        ev.timings["total"] = time.perf_counter() - t0
+        _write_artifacts(ev)
+        manifest = build_manifest(ev)
+        write_manifest(manifest, plan.root)
+    make_read_only(plan.sandbox_out)  # the record of what the submission wrote stays as it was
+    return manifest
+
+
+def _train_and_measure(ev: RunEvidence, submission_dir: Path, bars: RunProgress) -> None:
+    """Training, the host's budget and compute checks, then the held-out measurement."""
+    ev.training = _train(ev.request, ev.plan, submission_dir, ev.isolation, bars)
+    ev.timings["train_sandbox"] = ev.training.wall_s
+    ev.failure = training_failure(ev.training) or _budget_failure(ev)
     if ev.failure is None:
         t = time.perf_counter()
         ev.failure = _heldout(ev, submission_dir)
         ev.timings["heldout_sandbox"] = time.perf_counter() - t
         if ev.heldout is not None:
             ev.timings.update({f"heldout_{k}": v for k, v in ev.heldout.timings_s.items()})
-    ev.failure = _device_verdict(ev)
-    if ev.training is not None and ev.training.report is not None:
-        ev.timings.update({f"runner_{k}": v for k, v in ev.training.report.timings_s.items()})
-    ev.timings["total"] = time.perf_counter() - t0
-    _write_artifacts(ev)
-    manifest = build_manifest(ev)
-    write_manifest(manifest, plan.root)
-    make_read_only(plan.sandbox_out)  # the record of what the submission wrote stays as it was
-    return manifest
 
 
 def _device_verdict(ev: RunEvidence) -> Failure | None:
@@ -435,8 +444,8 @@ def evaluate(
 ) -> list[RunManifest]:
     """Train and measure one submission under ``profile``; one manifest per regime x seed.
 
-    Raises ``SubmissionError`` when intake rejects the submission and ``OperatorError`` for bad
-    arguments. ``beacon`` = (block, block hash) derives every cell's seeds from the chain
+    Raises ``SubmissionError`` when intake rejects the submission, ``OperatorError`` for bad
+    arguments and ``HostError`` when PRISM's own code raised on a run's output. ``beacon`` = (block, block hash) derives every cell's seeds from the chain
     (prism.beacon; validators on official profiles). ``calibration_dir`` (default: this machine's cache, ``prism.evaluator.plan.cache_dir``)
     holds the compute calibrations. ``architecture_from`` (a ``training_for_arch`` only): the family's
     canonical ZIP, whose architecture files the runs train with the variant's recipe

@@ -28,6 +28,7 @@ from prism.evaluator.artifacts import make_read_only, make_writable
 from prism.evaluator.context import WEIGHTS_FILENAME, ContextValues
 from prism.evaluator.heldout_phase import run_heldout
 from prism.evaluator.heldout_wire import EvalProcessSpec
+from prism.evaluator.verdicts import host_errors_typed
 from prism.manifest import Failure, RunManifest
 from prism.profiles import Profile
 from prism.submission.intake import Submission
@@ -142,16 +143,17 @@ def remeasure(
         submission.write_to(submission_dir)
         make_read_only(submission_dir)
         try:
-            result = run_heldout(
-                _spec(model_manifest, weights, submission_dir, submission, profile),
-                windows=windows,
-                window_bytes=window_bytes,
-                heldout=profile.heldout,
-                limits=sb.SandboxLimits.from_profile(profile.limits, phase="eval", device=profile.device),
-                log_dir=log_dir,
-                isolation=isolation or sb.probe_isolation(),
-                extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
-            )
+            with host_errors_typed(f"paired re-measurement of run {model_manifest.run_id}"):
+                result = run_heldout(
+                    _spec(model_manifest, weights, submission_dir, submission, profile),
+                    windows=windows,
+                    window_bytes=window_bytes,
+                    heldout=profile.heldout,
+                    limits=sb.SandboxLimits.from_profile(profile.limits, phase="eval", device=profile.device),
+                    log_dir=log_dir,
+                    isolation=isolation or sb.probe_isolation(),
+                    extra_binds=tuple(sb.gpu_binds()) if profile.device == "cuda" else (),
+                )
         finally:
             make_writable(submission_dir)
     nats = result.window_nats

@@ -14,14 +14,23 @@ failure's code and message only when the code is one a submission may own, and i
 the fault. Host-side checks that fail (budgets, compute, commitments, replay, identity) are miner
 faults with the host's own code. A host shutdown never produces a verdict: the run is abandoned
 unrecorded and re-queued by the caller.
+
+One more case has no process to blame: PRISM's own host code raising while it handles what a
+process produced (a decoder, a check, the manifest). Such an exception may be the submission's
+doing or plain a bug of ours, so it is neither the miner's fault nor an outage:
+``host_errors_typed`` turns it into ``HostError`` (``validator.host_error``, infrastructure),
+which is retried like any failure of ours but does not on its own pause the validator
+(``prism.validator.evaluation``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from prism.errors import PrismError
+from prism.errors import HostError, PrismError
 from prism.evaluator.sandbox import SandboxResult
 from prism.manifest import Failure, Frame
 
@@ -152,4 +161,22 @@ def first_failure(*failures: Failure | None) -> Failure | None:
     return next((f for f in failures if f is not None), None)
 
 
-__all__ = ["MINER_CODE_PREFIXES", "Observation", "decide", "first_failure"]
+@contextmanager
+def host_errors_typed(what: str) -> Iterator[None]:
+    """Within the block, an exception that is neither a typed PRISM error nor an ``OSError`` (the
+    machine's trouble: a full disk, a missing file) is re-raised as ``HostError`` naming ``what``."""
+    try:
+        yield
+    except (PrismError, OSError):
+        raise
+    except Exception as exc:
+        raise HostError(f"{what}: PRISM's host code raised {type(exc).__name__}: {exc}"[:2000]) from exc
+
+
+__all__ = [
+    "MINER_CODE_PREFIXES",
+    "Observation",
+    "decide",
+    "first_failure",
+    "host_errors_typed",
+]

@@ -6,7 +6,9 @@
 Nothing here waits for a run: a run takes minutes to hours, and the loop must keep syncing,
 scoring and setting weights meanwhile. Whose fault a failure is was decided where it happened
 (``prism.evaluator.verdicts`` for a run, intake for a ZIP); here a miner fault is a result and
-anything else is retried up to ``max_attempts`` and backs the loop off.
+anything else is retried up to ``max_attempts`` and backs the loop off, except a host error
+(``prism.errors.HostError``: PRISM's own code raised on one run's output) from a single
+submission, which may be that submission's doing and must not pause everyone else's runs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from prism.errors import HostError
 from prism.scoring import ScoringPolicy, WeightResult
 from prism.scoring.paired import EvalRequest
 from prism.scoring.submissions import SubmissionVerdict
@@ -89,7 +92,7 @@ def record_outcome(
                                    message=outcome.message or "", retry=infra, max_attempts=settings.max_attempts)  # fmt: skip
     if not infra:
         state.last_result_step = state.step
-    back_off_after_infrastructure_failures(state, infra)
+    _back_off_for(outcome, state)
     return {"run": f"{key.zip_sha256[:12]} {key.regime}/{key.seed} {key.recipe_mode}", "state": run_state,
             "code": outcome.code, "heldout_bpb": outcome.heldout_bpb, "seconds": round(outcome.seconds, 1),
             "infra": infra, "worker": outcome.worker}  # fmt: skip
@@ -113,9 +116,32 @@ def _record_paired(
         state.paired_attempts[(request.run_id, request.model_run_id)] = tries
     if not infra:
         state.last_result_step = state.step
-    back_off_after_infrastructure_failures(state, infra)
+    _back_off_for(outcome, state)
     return {"paired": request.model_run_id, "on": request.run_id, "state": outcome.state, "code": outcome.code,
             "seconds": round(outcome.seconds, 1), "infra": infra}  # fmt: skip
+
+
+def _back_off_for(outcome: TaskOutcome, state: LoopState) -> None:
+    if outcome.state != "infra_fault":
+        state.host_error_submissions.clear()
+        back_off_after_infrastructure_failures(state, False)
+    elif pauses_evaluation(outcome, state):
+        back_off_after_infrastructure_failures(state, True)
+    # else: one submission's host errors, neither an outage nor a result: the streak stays
+
+
+def pauses_evaluation(outcome: TaskOutcome, state: LoopState) -> bool:
+    """Whether a failure on our side counts towards the validator-wide back-off.
+
+    Any does, except a host error (``prism.errors.HostError``) until the streak of them spans two
+    submissions: one submission may provoke them on purpose (a free pause of every other miner's
+    evaluation, issue 9 class 7), while a bug of ours that every run hits shows up on the next
+    submission too, and then pausing keeps it from burning every queued run's attempts.
+    """
+    if outcome.code != HostError.default_code:
+        return True
+    state.host_error_submissions.add(outcome.key.zip_sha256)
+    return len(state.host_error_submissions) >= 2
 
 
 def back_off_after_infrastructure_failures(state: LoopState, infra: bool) -> None:

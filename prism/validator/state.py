@@ -12,6 +12,7 @@ class LoopState:
     last_result_step: int = 0  # the step that last recorded an outcome (a result changes scores)
     infra_streak: int = 0  # consecutive outcomes that failed on our side
     evaluation_paused_until: float = 0.0  # time.monotonic() before which nothing new is dispatched
+    host_error_submissions: set[str] = field(default_factory=set)  # ZIPs of the current host-error streak
     last_weights_step: int | None = None  # the step that last set weights, since start-up
     weights_retry_block: int | None = None  # no weight set before this block (after a refusal)
     unreachable: dict[str, int] = field(default_factory=dict)  # hotkey -> block of last failed fetch

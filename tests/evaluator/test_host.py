@@ -374,3 +374,21 @@ def test_probe_summary_definitions() -> None:
     # end of training: the last 10% (2 records), not one noisy probe
     assert summary["train_bpb"] == pytest.approx((8.0 - 0.2 * 18 + 8.0 - 0.2 * 19) / 2)
     assert summarize_probes([], early_fraction=0.1, total_steps=1) == {}
+
+
+def test_host_exceptions_are_typed_and_typed_errors_pass_through() -> None:
+    from prism.errors import HostError, MinerFault
+    from prism.evaluator.verdicts import host_errors_typed
+
+    with pytest.raises(HostError) as excinfo, host_errors_typed("run r1"):
+        {}["family_id"]
+    assert excinfo.value.code == "validator.host_error" and excinfo.value.fault == "infrastructure"
+    assert excinfo.value.message.startswith("run r1: PRISM's host code raised KeyError")
+    assert isinstance(excinfo.value.__cause__, KeyError)
+    for passing in (
+        MinerFault("over budget", code="budget.parameters"),
+        OSError(28, "No space left on device"),
+    ):
+        with pytest.raises(type(passing)) as raised, host_errors_typed("run r1"):
+            raise passing
+        assert raised.value is passing

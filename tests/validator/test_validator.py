@@ -182,6 +182,54 @@ def test_infrastructure_failures_back_off_exponentially() -> None:
     assert state.infra_streak == 0
 
 
+def _store_with_two_submissions(tmp_path: Path) -> tuple[Store, list[RunKey], EvaluationSettings]:
+    store, key, settings = _store_with_one_run(tmp_path)
+    profile = load_profile(str(TINY_PROFILE))
+    other = load_submission(REPO / "examples" / "single_file.py")
+    admit(store, Candidate(hotkey="hk2", uid=2, sha256=other.zip_sha256, commit_block=4), other.zip_bytes, profile,
+          policy_for_profile(profile))  # fmt: skip
+    keys = [key, *(run.key for run in store.runs(other.zip_sha256))]
+    assert len(keys) == 2 and keys[0].zip_sha256 != keys[1].zip_sha256
+    return store, keys, settings
+
+
+def test_host_errors_of_one_submission_do_not_pause_the_validator(tmp_path: Path) -> None:
+    """A submission that provokes an exception in PRISM's host code (issue 9 class 7) gets its
+    retries, like any failure of ours, but no validator-wide pause: that would be a free stall
+    of every other miner's evaluation. The same error from a second submission is a bug every
+    run hits, and then the loop backs off before it burns every queued run's attempts."""
+    store, (first, second), settings = _store_with_two_submissions(tmp_path)
+    state = LoopState()
+    with store:
+        for attempt in (1, 2):
+            assert store.claim_next_run() == first
+            out = record_outcome(
+                store, _failed(first, "infra_fault", "validator.host_error"), settings, state
+            )
+            assert out["infra"] and out["state"] == ("queued" if attempt == 1 else "failed")
+            assert state.evaluation_paused_until == 0.0 and state.infra_streak == 0
+        assert store.claim_next_run() == second
+        record_outcome(store, _failed(second, "infra_fault", "validator.host_error"), settings, state)
+        assert state.infra_streak == 1 and state.evaluation_paused_until > time.monotonic()
+
+
+def test_a_host_error_neither_pauses_nor_clears_an_outage_streak(tmp_path: Path) -> None:
+    store, (first, _), settings = _store_with_two_submissions(tmp_path)
+    state = LoopState()
+    with store:
+        assert store.claim_next_run() == first
+        record_outcome(store, _failed(first, "infra_fault", "worker.crashed"), settings, state)
+        paused_until = state.evaluation_paused_until
+        claimed = store.claim_next_run()
+        assert claimed is not None
+        record_outcome(store, _failed(claimed, "infra_fault", "validator.host_error"), settings, state)
+        assert (state.infra_streak, state.evaluation_paused_until) == (1, paused_until)
+        claimed = store.claim_next_run()
+        assert claimed is not None
+        record_outcome(store, _failed(claimed, "miner_fault", "eval.crashed"), settings, state)
+        assert state.infra_streak == 0 and state.host_error_submissions == set()
+
+
 def test_weights_follow_the_chains_tempo_and_rate_limit(tmp_path: Path) -> None:
     now = [1000.0]
     chain = LocalChain.create(tmp_path / "c.sqlite3", SubnetParams(netuid=NETUID, tempo=5, weights_rate_limit=2,
