@@ -394,11 +394,44 @@ def software_stack(environment: EnvironmentRecord, cudnn: str | None) -> str:
     return "; ".join(parts)
 
 
-def build_manifest(ev: RunEvidence) -> RunManifest:
-    """The manifest of one run (the caller writes it)."""
-    request, plan, regime = ev.request, ev.plan, ev.plan.regime
-    metrics = build_metrics(ev)
-    diagnostics, params_changed = _diagnostics(ev)
+def _regime_ref(plan: RunPlan) -> RegimeRef:
+    regime = plan.regime
+    return RegimeRef(
+        name=regime.name,
+        max_parameters=regime.max_parameters,
+        max_layers=regime.max_layers,
+        sequence_length=regime.sequence_length,
+        train_tokens=regime.train_tokens,
+    )
+
+
+def _budget(inventory: WeightsInventory | None) -> BudgetRecord | None:
+    """What the host counted in the weights file (None when training wrote none)."""
+    if inventory is None:
+        return None
+    return BudgetRecord(
+        parameter_count=inventory.parameter_count,
+        layer_count=inventory.layer_count,
+        tensors=len(inventory.tensors),
+        weights_bytes=inventory.file_bytes,
+    )
+
+
+def _comparability(ev: RunEvidence, environment: EnvironmentRecord) -> Comparability:
+    request, plan = ev.request, ev.plan
+    cudnn = ev.training.report.cudnn_version if ev.training and ev.training.report else None
+    return Comparability(
+        tokenizer=request.data.tokenizer,
+        sequence_length=plan.regime.sequence_length,
+        heldout_windows=request.profile.heldout.windows,
+        heldout_seed=plan.heldout_seed,
+        profile_key=request.profile.key,
+        stack=software_stack(environment, cudnn),
+    )
+
+
+def _validation(ev: RunEvidence, metrics: Metrics, params_changed: bool) -> Validation:
+    request = ev.request
     reasons = validation_reasons(
         profile=request.profile,
         isolation_mode=ev.isolation.mode,
@@ -409,34 +442,32 @@ def build_manifest(ev: RunEvidence) -> RunManifest:
         competition=request.competition,
         recipe_mode=request.recipe_mode,
     )
+    return Validation(score_eligible=not reasons, reasons=reasons)
+
+
+def build_manifest(ev: RunEvidence) -> RunManifest:
+    """The manifest of one run (the caller writes it)."""
+    request, plan, profile = ev.request, ev.plan, ev.request.profile
+    metrics = build_metrics(ev)
+    diagnostics, params_changed = _diagnostics(ev)
     hardware, environment = _environment(ev)
     train_plan = ev.training.plan if ev.training else None
-    recipe = _recipe(train_plan) if train_plan else None
-    inventory = ev.inventory
     return RunManifest(
         evaluator_version=EVALUATOR_VERSION,
         run_id=plan.run_id,
         created_at=ev.created_at,
         competition=request.competition,
         recipe_mode=request.recipe_mode,
-        profile=ProfileRef(
-            name=request.profile.name, version=request.profile.version, official=request.profile.official
-        ),
-        regime=RegimeRef(
-            name=regime.name,
-            max_parameters=regime.max_parameters,
-            max_layers=regime.max_layers,
-            sequence_length=regime.sequence_length,
-            train_tokens=regime.train_tokens,
-        ),
+        profile=ProfileRef(name=profile.name, version=profile.version, official=profile.official),
+        regime=_regime_ref(plan),
         seed=plan.seed,
         nominal_seed=plan.nominal_seed if plan.beacon is not None else None,
         beacon=plan.beacon,
         submission=_ids(ev),
-        recipe=recipe,
+        recipe=_recipe(train_plan) if train_plan else None,
         dataset=DatasetRecord.model_validate(
             request.data.record
-            | {"heldout_seed": plan.heldout_seed, "heldout_windows": request.profile.heldout.windows}
+            | {"heldout_seed": plan.heldout_seed, "heldout_windows": profile.heldout.windows}
         ),
         hardware=hardware,
         isolation=ev.isolation.mode,
@@ -447,27 +478,11 @@ def build_manifest(ev: RunEvidence) -> RunManifest:
         metrics=metrics,
         compute=build_compute(ev),
         throughput=build_throughput(ev),
-        budget=BudgetRecord(
-            parameter_count=inventory.parameter_count,
-            layer_count=inventory.layer_count,
-            tensors=len(inventory.tensors),
-            weights_bytes=inventory.file_bytes,
-        )
-        if inventory
-        else None,
+        budget=_budget(ev.inventory),
         integrity=build_integrity(ev),
         diagnostics=diagnostics,
-        comparability=Comparability(
-            tokenizer=request.data.tokenizer,
-            sequence_length=regime.sequence_length,
-            heldout_windows=request.profile.heldout.windows,
-            heldout_seed=plan.heldout_seed,
-            profile_key=request.profile.key,
-            stack=software_stack(
-                environment, ev.training.report.cudnn_version if ev.training and ev.training.report else None
-            ),
-        ),
-        validation=Validation(score_eligible=not reasons, reasons=reasons),
+        comparability=_comparability(ev, environment),
+        validation=_validation(ev, metrics, params_changed),
         status=Status(state="failed" if ev.failure else "succeeded", failure=ev.failure),
         artifacts=ev.artifacts,
     )

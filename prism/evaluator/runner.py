@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -310,19 +311,39 @@ def _resume(
         report.resumed_from_step = spec.resume_step
 
 
+@dataclass
+class BuiltRun:
+    """What the build step made, in the order the loop needs it (one rank's view)."""
+
+    loaded: LoadedSubmission
+    hooks: dict  # type: ignore[type-arg]
+    used: dict[str, bool]
+    model: torch.nn.Module
+    ctx: PrismContext
+    plan: TrainPlan
+    parts: LoopParts
+    checkpoint_dir: Path
+
+
 def run(spec: RunSpec, dist: Dist, report: RunnerReport, feed: FeedClient) -> None:
-    timings, t0 = report.timings_s, time.perf_counter()
+    t0 = time.perf_counter()
     out_dir = Path(spec.out_dir)
-    checkpoint_dir = out_dir / CHECKPOINT_DIRNAME
     if dist.is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CHECKPOINT_DIRNAME).mkdir(parents=True, exist_ok=True)
     seed_everything(
         spec.context.seed, spec.torch_threads, spec.device, strict=spec.recipe_mode == "reference"
     )
     _record_environment(report, spec, dist)
     feed.hello(dist.rank, dist.world_size)  # from here on, this process is the submission's
+    built = _build(spec, dist, report, feed, t0)
+    _train(spec, dist, report, feed, built)
+    _save(spec, dist, report, built)
 
-    # --- import the submission, build the model (same seed on every rank: identical init)
+
+def _build(spec: RunSpec, dist: Dist, report: RunnerReport, feed: FeedClient, t0: float) -> BuiltRun:
+    """Import the submission and build the model (same seed on every rank: identical init)."""
+    timings, out_dir = report.timings_s, Path(spec.out_dir)
+    checkpoint_dir = out_dir / CHECKPOINT_DIRNAME
     loaded = _load(spec)
     hooks = resolve_hooks(loaded) if spec.builtin_model is None else {}
     used: dict[str, bool] = dict.fromkeys(HOOK_NAMES, False)
@@ -345,9 +366,28 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport, feed: FeedClient) -> No
     report.probe_source = "train_loss" if parts.probe_from_train_loss else "inference"
     timings["build"] = time.perf_counter() - t
     _record_hooks(report, hooks, used, loaded.root)  # already known if training fails below
+    return BuiltRun(loaded, hooks, used, model, ctx, plan, parts, checkpoint_dir)
 
-    # --- train on the host's batches
-    t = time.perf_counter()
+
+def _save_hook(spec: RunSpec, built: BuiltRun):  # type: ignore[no-untyped-def]
+    """The submission's own checkpoint hook; only the submitted recipe uses it."""
+    return built.hooks.get("save_checkpoint") if spec.recipe_mode == "submitted" else None
+
+
+def _checkpoint(spec: RunSpec, dist: Dist, report: RunnerReport, built: BuiltRun, step: int) -> None:
+    save_hook = _save_hook(spec, built)
+    if dist.is_main and save_hook is not None:
+        saved = save_submitted_checkpoint(
+            save_hook, built.model, built.checkpoint_dir, built.ctx, step, Path(spec.out_dir)
+        )
+        report.checkpoint = saved or report.checkpoint
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _train(spec: RunSpec, dist: Dist, report: RunnerReport, feed: FeedClient, built: BuiltRun) -> None:
+    """Train on exactly the host's batches, checkpointing through the submission's hook if any."""
+    plan, every, t = built.plan, spec.checkpoint_every_steps, time.perf_counter()
     logger.info(
         "training %d steps of %d sequences x %d tokens (%s recipe)",
         plan.total_steps,
@@ -355,47 +395,42 @@ def run(spec: RunSpec, dist: Dist, report: RunnerReport, feed: FeedClient) -> No
         plan.sequence_length,
         plan.recipe_mode,
     )
-    save_hook = hooks.get("save_checkpoint") if spec.recipe_mode == "submitted" else None
-    every = spec.checkpoint_every_steps
-
-    def checkpoint(step: int) -> None:
-        if dist.is_main and save_hook is not None:
-            report.checkpoint = (
-                save_submitted_checkpoint(save_hook, model, checkpoint_dir, ctx, step, out_dir)
-                or report.checkpoint
-            )
-        if dist.world_size > 1:
-            torch.distributed.barrier()
 
     def on_step_end(step: int) -> None:
         if every and (step + 1) % every == 0 and step + 1 < plan.total_steps:
-            checkpoint(step + 1)
+            _checkpoint(spec, dist, report, built, step + 1)
 
     try:
         result = train_loop(
-            parts,
+            built.parts,
             feed.batches(plan),
             flush_every=spec.log_every_steps,
-            on_step_end=on_step_end if save_hook else None,
+            on_step_end=on_step_end if _save_hook(spec, built) else None,
         )
     except MinerFault as exc:
         report.nonfinite_loss = exc.code == "eval.nonfinite_loss"
         raise
-    timings["train"] = time.perf_counter() - t
+    report.timings_s["train"] = time.perf_counter() - t
     _finish_report(report, plan, dist, result.bytes, result.final_loss)
-    logger.info("trained %d steps in %.1fs", result.steps, timings["train"])
+    logger.info("trained %d steps in %.1fs", result.steps, report.timings_s["train"])
 
-    # --- side effects on rank 0: the submission's checkpoint, then the harness's weights
+
+def _save(spec: RunSpec, dist: Dist, report: RunnerReport, built: BuiltRun) -> None:
+    """Side effects on rank 0: the submission's checkpoint, then the harness's weights."""
     t = time.perf_counter()
-    if save_hook is not None:
-        checkpoint(plan.total_steps)
-        used["save_checkpoint"] = True
+    if _save_hook(spec, built) is not None:
+        _checkpoint(spec, dist, report, built, built.plan.total_steps)
+        built.used["save_checkpoint"] = True
     if dist.is_main:
         call_submission(
-            "eval.save_failed", "saving the trained weights", save_weights, model, out_dir / WEIGHTS_FILENAME
+            "eval.save_failed",
+            "saving the trained weights",
+            save_weights,
+            built.model,
+            Path(spec.out_dir) / WEIGHTS_FILENAME,
         )
-    timings["save"] = time.perf_counter() - t
-    _record_hooks(report, hooks, used, loaded.root)
+    report.timings_s["save"] = time.perf_counter() - t
+    _record_hooks(report, built.hooks, built.used, built.loaded.root)
 
 
 def _finish_report(
