@@ -706,20 +706,7 @@ class SandboxProcess:
         cpu_accounted = self.isolation.mode == "degraded"
         wall_s = time.monotonic() - self._started
         self._watchdog.cancel()
-        # Anything that outlived the main process goes now, which also closes the log pipe's last
-        # writer. Under bwrap the pid namespace died with its init, so only the cgroup is swept
-        # (the process group id may already be recycled); in degraded mode a daemonized child
-        # can only be found through its process group or the cgroup.
-        if self.isolation.mode == "degraded":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._popen.pid, signal.SIGKILL)
-        if self._cgroup is not None:
-            self._cgroup.kill_all()
-        self._log.join(timeout=10.0)
-        for stream in (self.stdin, self.protocol):
-            if stream is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    stream.close()
+        self._sweep()
         statuses = _read_status(self._status_fd) if self._status_fd is not None else []
         exit_code, sig = self._exit_status(returncode, statuses)
         memory_exceeded = pids_limited = False
@@ -741,17 +728,7 @@ class SandboxProcess:
                 m in tail for m in ("MemoryError", "std::bad_alloc", "can't allocate memory")
             )
         shutil.rmtree(self._scratch, ignore_errors=True)
-        command_ended = any("exit-code" in doc for doc in statuses)
-        if (
-            self.isolation.mode == "bwrap"
-            and not command_ended
-            and returncode >= 0  # bwrap exited by itself, not killed with the tree
-            and not (self._killed or self._timed_out or memory_exceeded)
-        ):
-            raise InfrastructureFault(
-                f"bubblewrap failed before starting the command (exit {returncode}): {tail[-1000:]}",
-                code="sandbox.setup_failed",
-            )
+        self._raise_if_launcher_failed(returncode, statuses, memory_exceeded, tail)
         return SandboxResult(
             exit_code=exit_code,
             signal=sig,
@@ -768,6 +745,43 @@ class SandboxProcess:
             cpu_s=cpu_s,
             cpu_accounted=cpu_accounted,
         )
+
+    def _sweep(self) -> None:
+        """Anything that outlived the main process goes now, which also closes the log pipe's
+        last writer. Under bwrap the pid namespace died with its init, so only the cgroup is swept
+        (the process group id may already be recycled); in degraded mode a daemonized child can
+        only be found through its process group or the cgroup."""
+        if self.isolation.mode == "degraded":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, signal.SIGKILL)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
+        self._log.join(timeout=10.0)
+        for stream in (self.stdin, self.protocol):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+
+    def _raise_if_launcher_failed(
+        self,
+        returncode: int,
+        statuses: list[dict],
+        memory_exceeded: bool,
+        tail: str,  # type: ignore[type-arg]
+    ) -> None:
+        """bwrap that exited by itself (not killed with the tree) before it reported the
+        command's start failed on our side: nothing of the command ran."""
+        command_ended = any("exit-code" in doc for doc in statuses)
+        if (
+            self.isolation.mode == "bwrap"
+            and not command_ended
+            and returncode >= 0
+            and not (self._killed or self._timed_out or memory_exceeded)
+        ):
+            raise InfrastructureFault(
+                f"bubblewrap failed before starting the command (exit {returncode}): {tail[-1000:]}",
+                code="sandbox.setup_failed",
+            )
 
     def _address_space_limited(self) -> bool:
         memory_cgroup = self._cgroup is not None and self._cgroup.has_memory_limit
