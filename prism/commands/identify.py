@@ -32,6 +32,7 @@ from prism.evaluator.identify import (
     RegimeRequest,
     StageFailure,
 )
+from prism.evaluator.output_tree import confine_output, remove_tree
 from prism.profiles import PROFILE_NAMES, Profile, load_profile
 from prism.submission import Problem, Submission, load_submission
 
@@ -193,6 +194,8 @@ def _sandboxed(
         limits=limits,
     )
     result = sb.run_sandboxed(sandbox_spec, log_path=work / "identify.log")
+    if confine_output(out_dir) is not None:  # a tree over the limits is emptied: no reply
+        return result, None
     return result, _read_reply(out_dir / REPLY_FILENAME)
 
 
@@ -214,8 +217,11 @@ def identify(
         "torch_threads": threads,
     }
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="prism-identify-", ignore_cleanup_errors=True) as tmp:
-        result, reply = _sandboxed(submission, spec_fields, _limits(profile, timeout_s, threads), Path(tmp))
+    work = Path(tempfile.mkdtemp(prefix="prism-identify-"))
+    try:
+        result, reply = _sandboxed(submission, spec_fields, _limits(profile, timeout_s, threads), work)
+    finally:
+        remove_tree(work)  # the sandbox's out dir is the submission's: any depth, any modes
     report = assess(submission, profile, requests, reply, result)
     report.wall_s = time.perf_counter() - started
     return report

@@ -20,6 +20,7 @@ from typing import Any
 
 from prism.evaluator.context import PROBE_FILENAME, RUNNER_REPORT_FILENAME, RunnerReport
 from prism.evaluator.framing import loads_untrusted
+from prism.evaluator.output_tree import chmod_tree
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ PLOT_FILE = "loss_curve.svg"
 PLOT_PNG_FILE = "loss_curve.png"
 WINDOW_LOSSES_FILE = "heldout_windows.json"
 _PROBE_KEYS = ("step", "tokens_seen", "loss_nats", "bpb")
+_PROBE_INTEGRAL_KEYS = ("step", "tokens_seen")
 
 _READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _READ_ONLY_DIR = _READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
@@ -54,14 +56,27 @@ def read_untrusted(path: Path, limit: int, offset: int = 0) -> bytes | None:
         return fh.read(limit)
 
 
+def _probe_value(value: Any, *, integral: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (not integral or float(value).is_integer())
+
+
 def parse_probe_lines(text: str) -> list[dict[str, Any]]:
+    """The well-formed probe records: a finite number for every key (a whole one for the counters).
+
+    Anything else is skipped, never raised: the probe is the process's evidence, and a line such
+    as ``{"step": null, ...}`` must not make the host's summary of it fail.
+    """
     records = []
     for line in text.splitlines():
         try:
             rec = loads_untrusted(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and all(k in rec for k in _PROBE_KEYS):
+        if isinstance(rec, dict) and all(
+            _probe_value(rec.get(k), integral=k in _PROBE_INTEGRAL_KEYS) for k in _PROBE_KEYS
+        ):
             records.append(rec)
     return records
 
@@ -115,33 +130,13 @@ def read_runner_report(sandbox_out: Path) -> RunnerReport | None:
     return head
 
 
-def _chmod_tree(root: Path, *, file_mode: int, dir_mode: int) -> None:
-    """chmod every file and dir under ``root``; symlinks are skipped (chmod would follow them)."""
-    if root.is_symlink() or not root.is_dir():
-        return
-    os.chmod(root, stat.S_IRWXU)  # while walking, every dir stays listable and enterable
-    dirs = [str(root)]
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, file_mode)
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, stat.S_IRWXU)
-                dirs.append(path)
-    for path in reversed(dirs):  # children before their parents
-        os.chmod(path, dir_mode)
-
-
 def make_read_only(root: Path) -> None:
     """Drop write bits so even degraded mode (no bwrap) cannot edit the checked files."""
-    _chmod_tree(root, file_mode=_READ_ONLY_FILE, dir_mode=_READ_ONLY_DIR)
+    chmod_tree(root, file_mode=_READ_ONLY_FILE, dir_mode=_READ_ONLY_DIR)
 
 
 def make_writable(root: Path) -> None:
-    _chmod_tree(root, file_mode=stat.S_IRUSR | stat.S_IWUSR, dir_mode=stat.S_IRWXU)
+    chmod_tree(root, file_mode=stat.S_IRUSR | stat.S_IWUSR, dir_mode=stat.S_IRWXU)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -175,7 +175,8 @@ def training_failure(outcome: TrainingOutcome) -> Failure | None:
             sandbox=outcome.sandbox,
             launch_error=outcome.launch_error,
             data_error=feed.data_error,
-            host_check=MinerFault(feed.recipe_error, code="eval.bad_recipe") if feed.recipe_error else None,
+            host_check=outcome.output_fault
+            or (MinerFault(feed.recipe_error, code="eval.bad_recipe") if feed.recipe_error else None),
             channel_error=ProtocolError(feed.errors[0]) if feed.errors else None,
             claimed=report.failure.model_dump() if report and report.failure else None,
             missing=None
@@ -372,9 +373,9 @@ def run_one(
             ev.timings.update({f"runner_{k}": v for k, v in ev.training.report.timings_s.items()})
         ev.timings["total"] = time.perf_counter() - t0
         _write_artifacts(ev)
+        make_read_only(plan.sandbox_out)  # the record of what the submission wrote stays as it was
         manifest = build_manifest(ev)
         write_manifest(manifest, plan.root)
-    make_read_only(plan.sandbox_out)  # the record of what the submission wrote stays as it was
     return manifest
 
 

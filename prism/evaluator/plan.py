@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -197,11 +196,9 @@ def plan_runs(request: EvalRequest) -> list[RunPlan]:
 
 def reset_run_dir(plan: RunPlan) -> None:
     """A fresh run directory (a previous, failed attempt's files are removed)."""
-    from prism.evaluator.artifacts import make_writable
+    from prism.evaluator.output_tree import remove_tree
 
-    if plan.root.exists():
-        make_writable(plan.root)
-        shutil.rmtree(plan.root)
+    remove_tree(plan.root)  # whatever a sandbox left in it: any depth, any modes
     for directory in (plan.sandbox_out, plan.spec_dir, plan.weights_dir):
         directory.mkdir(parents=True)
 

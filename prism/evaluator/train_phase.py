@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from prism.errors import PrismError
+from prism.errors import MinerFault, PrismError
 from prism.evaluator import sandbox as sb
 from prism.evaluator.artifacts import (
     RUN_LOG,
@@ -37,6 +37,7 @@ from prism.evaluator.artifacts import (
 from prism.evaluator.context import PROBE_FILENAME, WEIGHTS_FILENAME, RunnerReport, RunSpec
 from prism.evaluator.feed import FeedRecord, TrainingFeed
 from prism.evaluator.interface import TrainingRecipe
+from prism.evaluator.output_tree import confine_output
 from prism.evaluator.progress import RunProgress
 from prism.evaluator.recipe import TrainPlan, plan_training
 
@@ -78,6 +79,7 @@ class TrainingOutcome:
     report: RunnerReport | None = None  # evidence
     probes: list[dict[str, Any]] = field(default_factory=list)  # evidence
     weights: Path | None = None  # the host's own copy, outside every writable bind
+    output_fault: MinerFault | None = None  # the output dir's tree was over the host's limits
     compute: ComputeMeasure | None = None
     wall_s: float = 0.0
     ended_at: float | None = None  # monotonic: when the training sandbox ended
@@ -230,6 +232,7 @@ def run_training(job: TrainingJob) -> TrainingOutcome:
         outcome.compute = measure_compute(outcome.sandbox, feed.record, ended, spec.device)
     finally:
         shutil.rmtree(feed_dir, ignore_errors=True)
+    outcome.output_fault = confine_output(job.sandbox_out)  # before the host reads anything in it
     outcome.report = read_runner_report(job.sandbox_out)
     outcome.probes = read_probe_records(job.sandbox_out)
     outcome.weights = _copy_weights(job)

@@ -63,8 +63,11 @@ def _miner(obs: Observation, code: str, message: str, frames: list[Frame] | None
 
 
 def _frames(claimed: dict[str, Any]) -> list[Frame]:
-    frames = []
-    for raw in (claimed.get("frames") or [])[:16]:
+    frames: list[Frame] = []
+    listed = claimed.get("frames")
+    if not isinstance(listed, list):
+        return frames  # a claim without a list of frames has lost its evidence, nothing more
+    for raw in listed[:16]:
         try:
             frames.append(Frame.model_validate(raw))
         except ValueError:

@@ -113,14 +113,6 @@ def _extract(data: bytes, target: Path, max_bytes: int) -> None:
         path.chmod(mode | (stat.S_IRUSR if path.is_file() else stat.S_IRUSR | stat.S_IXUSR))
 
 
-def _remove_tree(path: Path) -> None:
-    from prism.evaluator.artifacts import make_writable
-
-    if path.exists():
-        make_writable(path)
-        shutil.rmtree(path)
-
-
 def unpack_run_dir(
     data: bytes, runs_dir: Path, run_id: str, *, max_bytes: int = DEFAULT_MAX_RESULT_BYTES
 ) -> Path:
@@ -131,16 +123,18 @@ def unpack_run_dir(
     try:
         _extract(data, staging, max_bytes)
         final = runs_dir / run_id
-        _remove_tree(final)
+        remove_tree(final)
         staging.rename(final)
     finally:
-        _remove_tree(staging)
+        remove_tree(staging)
     return final
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a run or scratch directory the evaluator may have left read-only."""
-    _remove_tree(path)
+    """Remove a run or scratch directory the evaluator may have left read-only (any depth)."""
+    from prism.evaluator.output_tree import remove_tree as remove_any_tree
+
+    remove_any_tree(path)
 
 
 __all__ = ["DEFAULT_MAX_RESULT_BYTES", "pack_run_dir", "remove_tree", "unpack_run_dir"]
