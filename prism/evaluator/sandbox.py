@@ -765,9 +765,9 @@ class SandboxProcess:
     def _raise_if_launcher_failed(
         self,
         returncode: int,
-        statuses: list[dict],
+        statuses: list[dict],  # type: ignore[type-arg]
         memory_exceeded: bool,
-        tail: str,  # type: ignore[type-arg]
+        tail: str,
     ) -> None:
         """bwrap that exited by itself (not killed with the tree) before it reported the
         command's start failed on our side: nothing of the command ran."""
