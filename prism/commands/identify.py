@@ -166,7 +166,8 @@ def _read_reply(path: Path) -> IdentifyReply | None:
 
 def _sandboxed(
     submission: Submission, spec_fields: dict[str, Any], limits: SandboxLimits, work: Path
-) -> tuple[SandboxResult, IdentifyReply | None]:
+) -> tuple[SandboxResult, IdentifyReply | None, Problem | None]:
+    """Run the identify process; its result, its reply, and the problem with its output tree."""
     from prism.evaluator import sandbox as sb
 
     submission_dir, spec_dir, out_dir = work / "submission", work / "spec", work / "out"
@@ -194,9 +195,10 @@ def _sandboxed(
         limits=limits,
     )
     result = sb.run_sandboxed(sandbox_spec, log_path=work / "identify.log")
-    if confine_output(out_dir) is not None:  # a tree over the limits is emptied: no reply
-        return result, None
-    return result, _read_reply(out_dir / REPLY_FILENAME)
+    tree_fault = confine_output(out_dir)  # a tree over the limits is emptied: no reply
+    if tree_fault is not None:
+        return result, None, Problem("identify.output_tree", tree_fault.message)
+    return result, _read_reply(out_dir / REPLY_FILENAME), None
 
 
 def identify(
@@ -219,10 +221,12 @@ def identify(
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="prism-identify-"))
     try:
-        result, reply = _sandboxed(submission, spec_fields, _limits(profile, timeout_s, threads), work)
+        result, reply, tree_problem = _sandboxed(
+            submission, spec_fields, _limits(profile, timeout_s, threads), work
+        )
     finally:
         remove_tree(work)  # the sandbox's out dir is the submission's: any depth, any modes
-    report = assess(submission, profile, requests, reply, result)
+    report = assess(submission, profile, requests, reply, result, tree_problem)
     report.wall_s = time.perf_counter() - started
     return report
 
@@ -300,6 +304,7 @@ def assess(
     requests: list[RegimeRequest],
     reply: IdentifyReply | None,
     result: SandboxResult,
+    tree_problem: Problem | None = None,
 ) -> IdentifyReport:
     """Turn the sandbox's evidence into a verdict: every problem, and what was measured."""
     report = IdentifyReport(
@@ -310,7 +315,9 @@ def assess(
         isolation=result.isolation.mode,
     )
     problems: list[Problem] = []
-    if reply is None:
+    if tree_problem is not None:  # the host emptied the output dir: the reply went with it
+        problems.append(tree_problem)
+    elif reply is None:
         problems.append(_sandbox_problem(result))
     elif reply.import_failure is not None:
         problems.append(_stage_problem(reply.import_failure, "importing the submission"))

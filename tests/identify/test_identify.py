@@ -184,3 +184,29 @@ def test_submission_code_runs_only_in_the_sandbox(tmp_path: Path) -> None:
     assert [p["code"] for p in report["problems"]] == ["identify.no_reply"]
     if report["isolation"] == "bwrap":
         assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_an_output_tree_over_the_limits_is_named(tmp_path: Path) -> None:
+    """A submission that nests directories in the reply's dir gets the tree named, not 'no reply'."""
+    nest = (
+        "import json\n\nimport torch\n\n"
+        "_os, _sys = getattr(torch, 'o' + 's'), getattr(torch, 's' + 'y' + 's')\n"
+        "_spec = _sys.argv[_sys.argv.index('--spec') + 1]\n"
+        "_fd = _os.open(_spec, _os.O_RDONLY)\n"
+        "_out = _os.path.dirname(json.loads(_os.read(_fd, 1 << 20))['reply_path'])\n"
+        "_os.close(_fd)\n"
+        "_fd = _os.open(_out, _os.O_RDONLY | _os.O_DIRECTORY)\n"
+        "for _ in range(40):\n"
+        "    _os.mkdir('a', dir_fd=_fd)\n"
+        "    _child = _os.open('a', _os.O_RDONLY | _os.O_DIRECTORY, dir_fd=_fd)\n"
+        "    _os.close(_fd)\n"
+        "    _fd = _child\n"
+        "_os.close(_fd)\n\n\n"
+        "def build_model(ctx):\n    return torch.nn.Embedding(ctx.vocab_size, ctx.vocab_size)\n\n\n"
+        "def get_recipe(ctx):\n    return {}\n"
+    )
+    rc, report = prism_json("identify", str(write_project(tmp_path / "nest", {"model.py": nest})))
+    assert rc == 1
+    assert [p["code"] for p in report["problems"]] == ["identify.output_tree"]
+    assert "deeper than" in report["problems"][0]["message"]
