@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 #: per token (12 steps apart it varied 10x between sessions; the attack corpus measured it).
 SHORT_FRACTION, LONG_FRACTION = 0.05, 0.4
 MIN_SHORT_STEPS, MIN_LONG_STEPS, MIN_GAP_STEPS = 4, 32, 8
-SCHEMA = "prism_calibration.v2"
+#: v3: runs commit their shipped constants at start-up (the program check), so the calibration does too.
+SCHEMA = "prism_calibration.v3"
 
 
 class Calibration(BaseModel):
@@ -166,6 +167,7 @@ def _measure(
         recipe_mode="reference", regime=short, context=context, eos_id=eos, lr_window=profile.lr_window,
         probe_every_steps=profile.probe.every_steps, probe_fraction=profile.probe.fraction, device=profile.device,
         torch_threads=4 if profile.device == "cuda" else 1, log_every_steps=50,
+        commit_constants=profile.heldout.program_windows > 0,  # the same start-up as a run's
     )  # fmt: skip
     job = TrainingJob(
         spec=spec, root=root, sandbox_out=root / "sandbox_out", spec_dir=root / "spec", weights_dir=root / "weights",

@@ -77,6 +77,10 @@ class RunSpec(_Strict):
     checkpoint_every_steps: int = Field(default=0, ge=0, description="0: save only at the end")
     resume_step: int = Field(default=0, ge=0, description="first step to run on an approved retry")
     log_every_steps: int = Field(default=50, gt=0)
+    commit_constants: bool = Field(
+        default=False,
+        description="rank 0 commits its fresh model's shipped constants with the recipe (the program check runs)",
+    )
 
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

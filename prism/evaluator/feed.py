@@ -28,6 +28,7 @@ from prism.evaluator.feed_wire import BATCH, END, FEED_SOCKET_NAME, HELLO, PLAN,
 from prism.evaluator.framing import FrameReader, FrameWriter, ProtocolError
 from prism.evaluator.interface import TrainingRecipe
 from prism.evaluator.recipe import TrainPlan
+from prism.evaluator.shipped_constants import MAX_COMMITTED, is_digest
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class FeedRecord:
     errors: list[str] = field(default_factory=list)
     recipe_error: str | None = None
     data_error: str | None = None
+    #: Digests of the shipped constants rank 0's fresh model read, committed with the recipe
+    #: (before any batch); None when it sent none.
+    constants: frozenset[str] | None = None
 
     @property
     def said_hello(self) -> bool:
@@ -177,6 +181,11 @@ class TrainingFeed:
             self.record.recipe_error = f"get_recipe returned an invalid recipe: {exc}"
             self._plan_ready.set()
             raise ProtocolError(self.record.recipe_error) from exc
+        try:
+            self.record.constants = _committed_constants(header)
+        except ProtocolError:
+            self._plan_ready.set()  # no plan comes: the other ranks stop waiting for one
+            raise
         self.record.plan, self.record.plan_at = plan, time.monotonic()
         self._plan_ready.set()
 
@@ -205,6 +214,19 @@ class TrainingFeed:
             return
         writer.write({"type": END})
         self.record.completed.add(rank)
+
+
+def _committed_constants(header: dict[str, object]) -> frozenset[str] | None:
+    """The recipe frame's constants commitment: absent, or a bounded list of sha256 digests
+    (anything else is a protocol violation, the miner's)."""
+    if "constants" not in header:
+        return None
+    value = header["constants"]
+    if not isinstance(value, list) or len(value) > MAX_COMMITTED or not all(is_digest(v) for v in value):
+        raise ProtocolError(
+            f"the recipe frame's constants are not a list of at most {MAX_COMMITTED} sha256 digests"
+        )
+    return frozenset(value)
 
 
 __all__ = ["BATCH", "FeedRecord", "TrainingFeed"]

@@ -29,15 +29,19 @@ class FeedClient:
     def hello(self, rank: int, world_size: int) -> None:
         self._writer.write({"type": HELLO, "rank": rank, "world_size": world_size})
 
-    def plan(self, declared: TrainingRecipe, *, custom_optimizer: bool) -> TrainPlan:
-        """Send the declared recipe; receive the plan the host will enforce."""
-        self._writer.write(
-            {
-                "type": RECIPE,
-                "declared": declared.model_dump(mode="json"),
-                "custom_optimizer": custom_optimizer,
-            }
-        )
+    def plan(
+        self, declared: TrainingRecipe, *, custom_optimizer: bool, constants: list[str] | None = None
+    ) -> TrainPlan:
+        """Send the declared recipe (and the fresh model's constants, if committed); receive the
+        plan the host will enforce."""
+        header = {
+            "type": RECIPE,
+            "declared": declared.model_dump(mode="json"),
+            "custom_optimizer": custom_optimizer,
+        }
+        if constants is not None:
+            header["constants"] = constants
+        self._writer.write(header)
         header, _ = self._reader.expect(PLAN)
         return TrainPlan.model_validate(header["plan"])
 

@@ -6,7 +6,9 @@ One Unix-socket connection per rank, framed by :mod:`prism.evaluator.framing`:
 frame      direction  content
 =========  =========  ========================================================================
 hello      r -> h     ``rank``, ``world_size``; sent *before* the runner imports submission code
-recipe     r -> h     ``declared`` (what ``get_recipe`` returned), ``custom_optimizer``
+recipe     r -> h     ``declared`` (what ``get_recipe`` returned), ``custom_optimizer``, and from rank 0
+                      (when the program check runs) ``constants``: digests of the fresh model's
+                      shipped constants (``prism.evaluator.shipped_constants``)
 plan       h -> r     the :class:`~prism.evaluator.recipe.TrainPlan` the host will enforce
 batch      h -> r     ``step``, ``shape [B, T+1]``, ``dtype``, ``window_bytes [B]``; token payload
 end        h -> r     no more batches: the budget is spent

@@ -48,7 +48,7 @@ from prism.evaluator.context import (
 )
 from prism.evaluator.devices import gpu_health
 from prism.evaluator.framing import ProtocolError
-from prism.evaluator.heldout_phase import EvalComputeBudget, run_heldout
+from prism.evaluator.heldout_phase import EvalComputeBudget, HeldoutResult, run_heldout
 from prism.evaluator.heldout_wire import EvalProcessSpec
 from prism.evaluator.identity_check import check_identity
 from prism.evaluator.manifest_build import RunEvidence, build_manifest, build_metrics
@@ -64,6 +64,7 @@ from prism.evaluator.plan import (
 )
 from prism.evaluator.progress import RunProgress
 from prism.evaluator.recipe import reference_steps
+from prism.evaluator.shipped_constants import constants_fault
 from prism.evaluator.train_phase import TrainingJob, TrainingOutcome, run_training
 from prism.evaluator.variant import submission_to_run
 from prism.evaluator.verdicts import Observation, decide, host_errors_typed
@@ -137,6 +138,7 @@ def _run_spec(request: EvalRequest, plan: RunPlan, submission_dir: Path) -> RunS
         lr_window=profile.lr_window, probe_every_steps=profile.probe.every_steps, probe_fraction=profile.probe.fraction,
         device=profile.device, torch_threads=default_torch_threads(profile.device),
         resume_step=resume.step if resume else 0, checkpoint_every_steps=checkpoint_interval(profile, plan),
+        commit_constants=profile.heldout.program_windows > 0,
     )  # fmt: skip
 
 
@@ -240,18 +242,33 @@ def _heldout(ev: RunEvidence, submission_dir: Path) -> Failure | None:
     for name, record in (("heldout", result.outcome.main), ("replay", result.outcome.replay_process)):
         if record.result is not None and record.result.cpu_accounted:
             ev.timings[f"{name}_cpu_s"] = record.result.cpu_s  # what the eval compute budget reads
+    if result.failure is not None:
+        return result.failure
+    mismatch = _identity_fault(ev, result)
+    if mismatch is None:
+        return None
+    return Failure(
+        code=mismatch.code,
+        fault="miner",
+        message=mismatch.message,
+        phase="heldout",
+        observed="checked by the host",
+    )
+
+
+def _identity_fault(ev: RunEvidence, result: HeldoutResult) -> MinerFault | None:
+    """What the host checks itself once the held-out phase passed: the claimed graphs against the
+    weights file, and the program's shipped constants against the fresh model's commitment (only
+    where the program check ran: the commitment is what that check may treat as architecture)."""
     session = result.session
-    if result.failure is None and ev.inventory is not None and session.canonical_graph and session.run_graph:
+    if ev.inventory is not None and session.canonical_graph and session.run_graph:
         mismatch = check_identity(session.canonical_graph, session.run_graph, ev.inventory)
         if mismatch is not None:
-            return Failure(
-                code=mismatch.code,
-                fault="miner",
-                message=mismatch.message,
-                phase="heldout",
-                observed="checked by the host",
-            )
-    return result.failure
+            return mismatch
+    check = result.outcome.program
+    if check is not None and check.reply.log_probs is not None and ev.training is not None:
+        return constants_fault(check.reply.constants, ev.training.feed.constants or frozenset())
+    return None
 
 
 #: Start-up of a held-out process beyond the training calibration's (graph recording, the weights

@@ -26,7 +26,7 @@ Competition = Literal["architecture", "training"]
 
 SANDBOX_OUT = "sandbox_out"
 #: Bumped whenever the host side changes what a manifest's numbers mean (part of every run id).
-EVALUATOR_VERSION = f"{prism_version}+measure2"
+EVALUATOR_VERSION = f"{prism_version}+measure3"  # 3: shipped constants must be committed before training
 
 
 def cache_dir() -> Path:

@@ -48,6 +48,7 @@ import numpy as np
 
 from prism.errors import MinerFault, PrismError
 from prism.evaluator.framing import ChannelTimeout, ProtocolError
+from prism.evaluator.shipped_constants import MAX_COMMITTED, ShippedConstant
 
 if TYPE_CHECKING:
     from prism.evaluator.heldout_host import HeldoutProcess, SessionOutcome
@@ -70,6 +71,7 @@ class ProgramReply:
     window_parameters: tuple[str, ...] = ()  # weights its output reads on the family window
     public_parameters: tuple[str, ...] = ()  # ... and on the public batches
     window_only_ops: tuple[str, ...] = ()  # ops computing from weights on the family window only
+    constants: tuple[ShippedConstant, ...] = ()  # the program's distinct shipped constants
     refused: dict[str, str] | None = None  # its typed verdict on a program it could not run
     error: PrismError | None = None  # the channel broke (or the process died)
 
@@ -87,6 +89,7 @@ class ProgramReply:
         if not isinstance(hidden, list) or not all(isinstance(op, str) for op in hidden):
             raise ProtocolError("executed frame: window_only_ops is not a list of ops")
         self.window_only_ops = tuple(hidden)
+        self.constants = _constant_list(header.get("constants"))
         if len(payload) != windows * seq_len * 8:
             raise ProtocolError(f"executed frame has {len(payload)} bytes, expected {windows * seq_len * 8}")
         self.graph, self.public_graph = graph, public
@@ -200,6 +203,25 @@ def _parameter_lists(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
             raise ProtocolError(f"executed frame: parameters.{key} is not a list of names")
         lists.append(tuple(names))
     return lists[0], lists[1]
+
+
+def _constant_list(value: Any) -> tuple[ShippedConstant, ...]:
+    if not isinstance(value, list) or len(value) > MAX_COMMITTED + 1:
+        raise ProtocolError("executed frame: constants is not a bounded list")
+    found = []
+    for entry in value:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+        ):
+            raise ProtocolError("executed frame: a constant is not [digest, dtype, shape]")
+        shape = entry[2]
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise ProtocolError("executed frame: a constant's shape is not a list of sizes")
+        found.append(ShippedConstant(node=-1, dtype=entry[1], shape=tuple(shape), digest=entry[0]))
+    return tuple(found)
 
 
 def family_window(n_windows: int, seed: int) -> int:

@@ -36,6 +36,7 @@ from prism.evaluator.graph import (
 from prism.evaluator.graph_program import ProgramError, ProgramModule
 from prism.evaluator.heldout_wire import EXECUTED, EvalProcessSpec
 from prism.evaluator.interface import PrismContext
+from prism.evaluator.shipped_constants import distinct_constants
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ def _execute(
     header = {"type": EXECUTED, "graph": window.graph.summary(), "public_graph": public.graph.summary()}
     header["parameters"] = {"window": window_weights, "public": public_weights}
     header["window_only_ops"] = computed_only_in(window, public)
+    # Listed here, where the program is parsed and no submission ran: the host compares them with
+    # what the fresh model committed before training (prism.evaluator.shipped_constants).
+    header["constants"] = [[c.digest, c.dtype, list(c.shape)] for c in distinct_constants(program)]
     return header, np.stack(answers).astype("<f8").tobytes()
 
 

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import logging
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,14 +225,20 @@ def _record_hooks(report: RunnerReport, hooks: dict, used: dict[str, bool], root
 
 
 def _plan(
-    feed: FeedClient, loaded: ModuleType, ctx: PrismContext, report: RunnerReport, custom_optimizer: bool
+    feed: FeedClient,
+    loaded: ModuleType,
+    ctx: PrismContext,
+    report: RunnerReport,
+    custom_optimizer: bool,
+    commit: Callable[[], list[str] | None],
 ) -> TrainPlan:
     declared = call_submission("eval.bad_recipe", "get_recipe(ctx)", loaded.get_recipe, ctx)
     try:
         declared_recipe = coerce_recipe(declared)
     except (TypeError, ValueError) as exc:
         raise MinerFault(f"get_recipe returned an invalid recipe: {exc}", code="eval.bad_recipe") from exc
-    plan = feed.plan(declared_recipe, custom_optimizer=custom_optimizer)
+    # The model as it will train (get_recipe may still change it), before the host sends a batch.
+    plan = feed.plan(declared_recipe, custom_optimizer=custom_optimizer, constants=commit())
     report.recipe_declared = declared_recipe.model_dump(mode="json")
     report.recipe_effective = plan.recipe.model_dump(mode="json") | {
         "global_batch": plan.global_batch,
@@ -240,6 +249,23 @@ def _plan(
     report.recipe_clamped = plan.clamped
     report.planned_steps = plan.total_steps
     return plan
+
+
+def _commit_constants(
+    spec: RunSpec, dist: Dist, model: torch.nn.Module, hooks: dict[str, Any], ctx: PrismContext
+) -> list[str] | None:
+    """Rank 0: the shipped constants of the untrained model's inference pass, as the held-out
+    process will record it (the hooks only in the submitted recipe, autocast only in the reference
+    one on CUDA); see ``prism.evaluator.shipped_constants``."""
+    if not (spec.commit_constants and dist.is_main):
+        return None
+    from prism.evaluator.constants_commit import commit_constants
+
+    submitted = spec.recipe_mode == "submitted"
+    inference = {k: hooks[k] for k in INFERENCE_HOOKS if k in hooks} if submitted else {}
+    return commit_constants(
+        model, inference, ctx, dist.device, autocast=spec.device == "cuda" and not submitted
+    )
 
 
 def _wire(
@@ -359,7 +385,8 @@ def _build(spec: RunSpec, dist: Dist, report: RunnerReport, feed: FeedClient, t0
     call_submission("eval.build_failed", "moving the model to the device", model.to, dist.device)
     call_submission("eval.build_failed", "model.train()", model.train)
     custom_optimizer = spec.recipe_mode == "submitted" and "configure_optimizer" in hooks
-    plan = _plan(feed, loaded.architecture, ctx, report, custom_optimizer)
+    commit = functools.partial(_commit_constants, spec, dist, model, hooks, ctx)  # code and seed only
+    plan = _plan(feed, loaded.architecture, ctx, report, custom_optimizer, commit)
     ctx = make_context(spec.context, **ctx_kwargs, total_steps=plan.total_steps)  # hooks are told the budget
     _resume(spec, hooks, model, ctx, used, report)
     parts = _wire(spec, dist, model, hooks, plan, ctx, used, ProbeWriter(out_dir / PROBE_FILENAME, dist))
