@@ -13,6 +13,16 @@ names count ``ceil(len / 4)`` values each (a name is storage too), and tensors w
 are refused (a name on an empty tensor would be free storage). The file must also open with the
 safetensors library itself, so nothing the host accepts can fail to load later.
 
+Tensors that are **byte-identical** to another (same dtype, same shape, same bytes) are counted
+once: that is what a tied weight is once ``save_weights`` has cloned it (``head.weight =
+emb.weight`` writes two keys for one storage, which the model's own count reads as one). Two equal
+copies carry no more values than one; a repeat still costs its name and one value for the
+reference (which tensor it repeats: under 17 bits among at most ``MAX_TENSORS`` tensors), and a
+tensor that differs from another in a single bit is not a repeat and is counted in full. Layers
+are re-counted the same way: siblings of a stack whose tensors are all repeats of each other
+(``nn.ModuleList([block] * n)``, one module ``n`` times) are one layer, as the model's own count
+reads them.
+
 What the training process says about its own size is evidence; this count is the verdict:
 over budget is ``budget.parameters_exceeded`` / ``budget.layers_exceeded`` (miner faults), and a
 file that is not plain safetensors is ``budget.weights_invalid``.
@@ -20,6 +30,8 @@ file that is not plain safetensors is ``budget.weights_invalid``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -36,6 +48,7 @@ MAX_TENSORS = 100_000
 MAX_NAME_CHARS = 512
 MAX_DIM = 2**40  # far above any real tensor; keeps every product of dims within 64 bits
 BYTES_PER_VALUE = 4  # the budget's unit: one float32
+HASH_CHUNK_BYTES = 1 << 24
 HEADER_ALIGNMENT = 8  # safetensors pads its header with spaces to a multiple of 8 bytes
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
@@ -46,6 +59,7 @@ DTYPE_BYTES = {
 INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"})
 #: Metadata the writer may leave (safetensors' own); anything else could carry data uncounted.
 ALLOWED_METADATA = ({}, {"format": "pt"})
+_CONTENT = object()  # the key a tensor's contents sit under in the name tree (not a string: no name part)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class TensorEntry:
     shape: tuple[int, ...]
     begin: int
     end: int
+    repeat_of: str | None = None  # the counted tensor this one is byte-identical to
 
     @property
     def numel(self) -> int:
@@ -64,7 +79,9 @@ class TensorEntry:
     def counted_values(self) -> int:
         """What this tensor costs in the budget: its elements or its bytes in float32 units (an
         integer tensor: its bytes, since shifts and masks take an int32 apart into four int8
-        values), plus its name."""
+        values), plus its name. A repeat of another tensor costs one value (the reference), plus its name."""
+        if self.repeat_of is not None:
+            return 1 + -(-len(self.name.encode()) // BYTES_PER_VALUE)
         nbytes = self.end - self.begin
         values = nbytes if self.dtype in INTEGER_DTYPES else max(self.numel, -(-nbytes // BYTES_PER_VALUE))
         return values + -(-len(self.name.encode()) // BYTES_PER_VALUE)
@@ -76,10 +93,16 @@ class WeightsInventory:
 
     tensors: tuple[TensorEntry, ...]
     file_bytes: int
-    parameter_count: int  # elements, as a model's parameter count reads
+    parameter_count: int  # elements, as a model's parameter count reads (repeats of a tensor once)
     layer_count: int
     counted_values: int = 0  # what the budget charges (TensorEntry.counted_values, summed)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tied_values: int = 0  # elements of tensors byte-identical to a counted one (not counted again)
+
+    @property
+    def file_elements(self) -> int:
+        """Every element in the file, repeats included."""
+        return self.parameter_count + self.tied_values
 
 
 def _invalid(message: str) -> MinerFault:
@@ -157,26 +180,45 @@ def _check_layout(entries: list[TensorEntry], data_bytes: int) -> None:
         raise _invalid(f"{data_bytes - cursor} bytes after the last tensor")
 
 
-def count_layers_from_names(names: list[str]) -> int:
-    """Largest stack of integer-indexed children holding tensors (nested stacks add up)."""
+def count_layers_from_names(names: list[str], contents: dict[str, str] | None = None) -> int:
+    """Largest stack of integer-indexed children holding tensors (nested stacks add up).
+
+    ``contents`` names what each tensor holds (tensors with equal contents are byte-identical;
+    by default every tensor is its own): siblings of one stack holding the same tensors under
+    the same names are one layer (one module listed ``n`` times).
+    """
     tree: dict = {}  # type: ignore[type-arg]
     for name in names:
         node = tree
         for part in name.split("."):
             node = node.setdefault(part, {})
+        node[_CONTENT] = (contents or {}).get(name, name)
+
+    def signature(node: dict, prefix: str = "") -> frozenset[tuple[str, str]]:  # type: ignore[type-arg]
+        items: set[tuple[str, str]] = set()
+        for key, child in node.items():
+            if key == _CONTENT:
+                items.add((prefix, child))
+            else:
+                items |= signature(child, f"{prefix}.{key}")
+        return frozenset(items)
 
     def depth(node: dict) -> int:  # type: ignore[type-arg]
-        total = 0
+        total, seen = 0, set()
         for key, child in node.items():
-            if key.isdigit():
-                total += depth(child) if any(k.isdigit() for k in child) else 1
+            if key != _CONTENT and key.isdigit():
+                sig = signature(child)
+                if sig in seen:
+                    continue
+                seen.add(sig)
+                total += depth(child) if any(k.isdigit() for k in child if k != _CONTENT) else 1
         return total
 
     best, stack = 0, [tree]
     while stack:
         node = stack.pop()
         best = max(best, depth(node))
-        stack.extend(node.values())
+        stack.extend(child for key, child in node.items() if key != _CONTENT)
     return best if best else (1 if names else 0)
 
 
@@ -194,15 +236,50 @@ def inspect_weights(path: Path) -> WeightsInventory:
     entries = [_entry(name, spec) for name, spec in header.items()]
     _check_layout(entries, file_bytes - data_start)
     _check_loadable(path)
-    names = [e.name for e in entries]
+    contents = _contents(path, data_start, entries)
+    first: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        original = first.setdefault(contents[entry.name], entry.name)
+        if original != entry.name:
+            entries[i] = dataclasses.replace(entry, repeat_of=original)
     return WeightsInventory(
         tensors=tuple(entries),
         file_bytes=file_bytes,
-        parameter_count=sum(e.numel for e in entries),
-        layer_count=count_layers_from_names(names),
+        parameter_count=sum(e.numel for e in entries if e.repeat_of is None),
+        layer_count=count_layers_from_names([e.name for e in entries], contents),
         shapes={e.name: e.shape for e in entries},
         counted_values=sum(e.counted_values for e in entries),
+        tied_values=sum(e.numel for e in entries if e.repeat_of is not None),
     )
+
+
+def _contents(path: Path, data_start: int, entries: list[TensorEntry]) -> dict[str, str]:
+    """What each tensor holds: its own name where no other tensor has its dtype and shape, else
+    a SHA-256 of (dtype, shape, bytes), so byte-identical tensors, and only those, share one."""
+    kinds: dict[tuple[str, tuple[int, ...]], int] = {}
+    for entry in entries:
+        kinds[(entry.dtype, entry.shape)] = kinds.get((entry.dtype, entry.shape), 0) + 1
+    contents = {e.name: f"name:{e.name}" for e in entries}
+    shared = [e for e in entries if kinds[(e.dtype, e.shape)] > 1]
+    if not shared:
+        return contents
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            for entry in shared:
+                digest = hashlib.sha256(f"{entry.dtype}{list(entry.shape)}".encode())
+                fh.seek(data_start + entry.begin)
+                left = entry.end - entry.begin
+                while left:
+                    chunk = fh.read(min(left, HASH_CHUNK_BYTES))
+                    if not chunk:
+                        raise _invalid(f"tensor {entry.name!r} is cut short")
+                    digest.update(chunk)
+                    left -= len(chunk)
+                contents[entry.name] = f"sha256:{digest.hexdigest()}"
+    except OSError as exc:
+        raise _invalid(f"cannot read it ({exc})") from exc
+    return contents
 
 
 def _check_loadable(path: Path) -> None:
@@ -220,10 +297,12 @@ def _check_loadable(path: Path) -> None:
 def check_budgets(inventory: WeightsInventory, *, max_parameters: int, max_layers: int) -> None:
     counted = max(inventory.counted_values, inventory.parameter_count)
     if counted > max_parameters:
+        tied = inventory.tied_values
+        repeats = f"; {tied:,} more in tensors identical to another, counted once" if tied else ""
         raise MinerFault(
             f"the trained weights count {counted:,} values ({inventory.parameter_count:,} elements in "
-            f"{len(inventory.tensors)} tensors), above max_parameters={max_parameters:,} (every tensor in the "
-            "weights file counts, buffers too; 4 bytes are one value and tensor names count)",
+            f"{len(inventory.tensors)} tensors{repeats}), above max_parameters={max_parameters:,} (every tensor "
+            "in the weights file counts, buffers too; 4 bytes are one value and tensor names count)",
             code="budget.parameters_exceeded",
         )
     if inventory.layer_count > max_layers:

@@ -56,9 +56,9 @@ def check_identity(
                 code="identity.weights_mismatch",
             )
     counted = trained.get("parameter_count")
-    if not isinstance(counted, int) or counted > inventory.parameter_count:
+    if not isinstance(counted, int) or counted > inventory.file_elements:
         return MinerFault(
-            f"the recorded model has {counted} parameters, more than the {inventory.parameter_count} values "
+            f"the recorded model has {counted} parameters, more than the {inventory.file_elements} values "
             "in the trained weights",
             code="identity.weights_mismatch",
         )

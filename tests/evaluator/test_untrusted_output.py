@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from prism.errors import MinerFault
 from prism.evaluator.artifacts import parse_probe_lines
-from prism.evaluator.budgets import inspect_weights
+from prism.evaluator.budgets import check_budgets, count_layers_from_names, inspect_weights
 from prism.evaluator.framing import FRAME_PREFIX, FrameReader, ProtocolError, loads_untrusted
 
 DEEP = "[" * 100_000
@@ -91,3 +91,55 @@ def test_any_other_spelling_of_the_header_is_refused(tmp_path, spell):  # type: 
     with pytest.raises(MinerFault) as excinfo:
         inspect_weights(path)
     assert excinfo.value.code == "budget.weights_invalid"
+
+
+def test_byte_identical_tensors_are_counted_once_and_a_near_copy_in_full(tmp_path):  # type: ignore[no-untyped-def]
+    """A tied weight, cloned into two tensors, is one tensor's worth of values; a tensor that
+    differs from it in one value is not a repeat and costs its own size."""
+    emb = torch.randn(64, 16)
+    near = emb.clone()
+    near[3, 5] += 1.0
+    path = tmp_path / "weights.safetensors"
+    save_file({"emb.weight": emb, "head.weight": emb.clone(), "other.weight": near}, str(path))
+    inventory = inspect_weights(path)
+    by_name = {entry.name: entry for entry in inventory.tensors}
+    repeats = {name: entry.repeat_of for name, entry in by_name.items() if entry.repeat_of}
+    assert repeats in ({"head.weight": "emb.weight"}, {"emb.weight": "head.weight"})
+    assert by_name["other.weight"].repeat_of is None
+    assert inventory.parameter_count == 2 * 64 * 16  # emb (once) and the near copy
+    assert inventory.tied_values == 64 * 16
+    assert inventory.file_elements == 3 * 64 * 16
+    (repeat,) = repeats
+    # a repeat costs its name and one value (which tensor it repeats), never its elements
+    assert by_name[repeat].counted_values == 1 + 3
+    assert inventory.counted_values == 2 * (64 * 16 + 3) + 1 + 3
+    check_budgets(inventory, max_parameters=inventory.counted_values, max_layers=1)
+    with pytest.raises(MinerFault) as excinfo:
+        check_budgets(inventory, max_parameters=inventory.counted_values - 1, max_layers=1)
+    assert excinfo.value.code == "budget.parameters_exceeded"
+
+
+def test_same_bytes_in_another_dtype_or_shape_are_not_a_repeat(tmp_path):  # type: ignore[no-untyped-def]
+    base = torch.arange(16, dtype=torch.int32)
+    path = tmp_path / "weights.safetensors"
+    save_file({"a": base, "b": base.clone().view(4, 4), "c": base.clone().view(torch.float32)}, str(path))
+    inventory = inspect_weights(path)
+    assert inventory.tied_values == 0
+    assert all(entry.repeat_of is None for entry in inventory.tensors)
+    assert inventory.parameter_count == 48
+
+
+def test_one_module_listed_n_times_is_one_layer(tmp_path):  # type: ignore[no-untyped-def]
+    """``nn.ModuleList([block] * 4)``: four keys per tensor, one module, one layer (as the model's
+    own count reads it); four distinct blocks are four layers even when their shapes match."""
+    block = torch.nn.Linear(8, 8)
+    shared = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block] * 4)})
+    distinct = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(4)])})
+    for model, layers, elements in ((shared, 1, 72), (distinct, 4, 4 * 72)):
+        path = tmp_path / f"{layers}.safetensors"
+        save_file({k: v.detach().clone() for k, v in model.state_dict().items()}, str(path))
+        inventory = inspect_weights(path)
+        assert (inventory.layer_count, inventory.parameter_count) == (layers, elements)
+    assert count_layers_from_names(["blocks.0.w", "blocks.1.w", "blocks.2.w"]) == 3
+    same = {"blocks.0.w": "x", "blocks.1.w": "x", "blocks.2.w": "y"}
+    assert count_layers_from_names(list(same), same) == 2

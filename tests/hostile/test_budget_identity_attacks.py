@@ -237,6 +237,37 @@ def test_values_carried_in_tensor_names_are_counted(attack_run):
     assert_refused(run, "budget.parameters_exceeded", "budget.weights_invalid")
 
 
+# A false positive, not an attack: an LM head tied to the embedding the usual way (nanoGPT and
+# HuggingFace write ``head.weight = emb.weight``) has two state-dict keys for one storage, and
+# ``save_weights`` writes two byte-identical tensors. The host counts a repeat once, so the model
+# the runner counted at 394,497 parameters (257 x 512 tied, a 512 x 512 layer, the head's bias)
+# trains and is measured instead of being refused at 526,095 after training.
+TIED = """
+class Tied(torch.nn.Module):
+    def __init__(self, vocab_size, d=512):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab_size, d)
+        self.mid = torch.nn.Linear(d, d)
+        self.head = torch.nn.Linear(d, vocab_size)
+        self.head.weight = self.emb.weight  # weight tying
+
+    def forward(self, tokens):
+        return self.head(torch.relu(self.mid(self.emb(tokens))))
+
+
+def build_model(ctx):
+    return Tied(ctx.vocab_size)
+"""
+TIED_PARAMETERS = 257 * 512 + 512 * 512 + 512 + 257
+
+
+def test_a_tied_head_within_the_budget_is_counted_once(attack_run):
+    run = attack_run(source(TIED))
+    assert run.manifest.status.state == "succeeded", describe(run)
+    assert run.manifest.budget is not None and run.manifest.budget.parameter_count == TIED_PARAMETERS
+    assert run.manifest.metrics.parameter_count == TIED_PARAMETERS
+
+
 # ----------------------------------------------------------------------------------------------
 # class 9: identity decoys
 
