@@ -63,6 +63,7 @@ from prism.evaluator.heldout_wire import (
     encode_tokens,
 )  # fmt: skip
 from prism.evaluator.program_check import ProgramReply
+from prism.evaluator.replay_runtime import private_copy
 
 #: L is a float64 logsumexp of the same float32 row on both sides: they agree to rounding. The
 #: tolerance is absolute plus a tiny relative term, and |L| is bounded, so a model cannot widen it
@@ -345,6 +346,10 @@ class HeldoutJob:
     limits: sb.SandboxLimits
     isolation: sb.IsolationProbe
     extra_binds: tuple[sb.Bind, ...] = ()
+    #: The replay's private runtime (:mod:`prism.evaluator.replay_runtime`): replaces
+    #: ``python_binds()``, and the process then reads per-run copies of the submission and weights
+    #: directories, so it shares no page-cache inode with the main process. None: the host's files.
+    runtime_binds: tuple[sb.Bind, ...] | None = None
 
 
 class HeldoutProcess:
@@ -355,27 +360,41 @@ class HeldoutProcess:
         self.started = time.monotonic()
         self.launch_error: PrismError | None = None
         self.result: sb.SandboxResult | None = None
+        self.proc: sb.SandboxProcess | None = None
         self._spec_dir = Path(tempfile.mkdtemp(prefix="heldout-spec-", dir=job.log_path.parent))
         spec_path = self._spec_dir / "heldout_spec.json"
         spec_path.write_text(job.spec.model_dump_json(indent=2), encoding="utf-8")
-        binds = [
-            *sb.python_binds(),
-            sb.Bind(src=job.submission_dir),
-            sb.Bind(src=job.weights_path.parent),
-            sb.Bind(src=self._spec_dir),
-            *job.extra_binds,
-        ]
+        self._private: Path | None = None
+        try:
+            binds = [*self._file_binds(), sb.Bind(src=self._spec_dir), *job.extra_binds]
+        except PrismError as exc:  # a private copy failed: reported like a failed launch
+            self.launch_error = exc
+            return
         argv = [sys.executable, "-m", "prism.evaluator.heldout", "--spec", str(spec_path)]
         env = {"OMP_NUM_THREADS": str(job.spec.torch_threads), "PYTHONHASHSEED": "0"}
         sandbox_spec = sb.SandboxSpec(
             argv=argv, binds=binds, env=env, cwd="/tmp", limits=job.limits, stdin="pipe", stdout="pipe"
         )
         try:
-            self.proc: sb.SandboxProcess | None = sb.start_sandboxed(
-                sandbox_spec, log_path=job.log_path, isolation=job.isolation
-            )
+            self.proc = sb.start_sandboxed(sandbox_spec, log_path=job.log_path, isolation=job.isolation)
         except PrismError as exc:
             self.proc, self.launch_error = None, exc
+
+    def _file_binds(self) -> list[sb.Bind]:
+        """The runtime, submission and weights directories: the host's own, or (for a replay with
+        ``runtime_binds``) per-run private copies in the log directory, bound at the original paths:
+        new inodes no main process can read, so their page-cache state carries nothing from it."""
+        job = self.job
+        if job.runtime_binds is None:
+            return [*sb.python_binds(), sb.Bind(src=job.submission_dir), sb.Bind(src=job.weights_path.parent)]
+        self._private = Path(tempfile.mkdtemp(prefix="replay-private-", dir=job.log_path.parent))
+        submission = private_copy(job.submission_dir, self._private / "submission")
+        weights = private_copy(job.weights_path.parent, self._private / "weights")
+        return [
+            *job.runtime_binds,
+            sb.Bind(src=submission, dest=job.submission_dir),
+            sb.Bind(src=weights, dest=job.weights_path.parent),
+        ]
 
     def drive(
         self,
@@ -455,6 +474,8 @@ class HeldoutProcess:
             return self.result
         finally:
             shutil.rmtree(self._spec_dir, ignore_errors=True)
+            if self._private is not None:
+                shutil.rmtree(self._private, ignore_errors=True)
 
 
 __all__ = [

@@ -27,6 +27,7 @@ from prism.evaluator.heldout_host import HeldoutJob, HeldoutProcess, SessionOutc
 from prism.evaluator.heldout_wire import EvalProcessSpec
 from prism.evaluator.program_check import ProgramCheck, check_program
 from prism.evaluator.replay import ReplayOutcome, compare, cut_spots, draw_pairs, replay_count, replay_windows
+from prism.evaluator.replay_runtime import replay_binds
 from prism.evaluator.sandbox import Bind, IsolationProbe, SandboxLimits, SandboxResult
 from prism.evaluator.spots import SpotBudget, spot_budget
 from prism.evaluator.verdicts import Observation, decide, first_failure
@@ -370,6 +371,9 @@ def run_heldout(
     replay_spec = spec.model_copy(
         update={"record_graphs": False, "record_program": False, "program_check": checked}
     )
+    # The replay reads private copies of every file (runtime, submission, weights): none of them
+    # is an inode the main process could warm in the page cache (docs/security.md, "Lookahead").
+    runtime = replay_binds(isolation)
     jobs = [
         HeldoutJob(
             spec=process_spec,
@@ -379,8 +383,9 @@ def run_heldout(
             limits=limits,
             isolation=isolation,
             extra_binds=extra_binds,
+            runtime_binds=private,
         )
-        for process_spec, name in ((spec, "heldout.log"), (replay_spec, "replay.log"))
+        for process_spec, name, private in ((spec, "heldout.log", None), (replay_spec, "replay.log", runtime))
     ]
     outcome = measure_heldout(jobs[0], jobs[1], windows, window_bytes, heldout, family_seed)
     failure = heldout_verdict(outcome, compute, int(windows.shape[0]), int(windows.shape[1]) - 1)
