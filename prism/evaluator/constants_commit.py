@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from prism.errors import MinerFault
 from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, canonical_tokens
 from prism.evaluator.graph_program import record_program
 from prism.evaluator.interface import PrismContext
@@ -27,11 +28,15 @@ def _inference(
     model: torch.nn.Module, hooks: dict[str, Callable[..., Any]], ctx: PrismContext, autocast: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(input_ids: torch.Tensor) -> torch.Tensor:
+        # The same calls as heldout._Evaluator.forward, since op calls are committed too.
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             logits = call_submission(
                 "eval.forward_failed", "inference", inference_logits, model, hooks, input_ids, ctx
             )
-        return logits.float()
+        logits = logits.detach().to("cpu", torch.float32).contiguous()
+        if not bool(torch.isfinite(logits).all()):
+            raise MinerFault("the inference path returned non-finite logits", code="eval.bad_logits")
+        return logits
 
     return forward
 

@@ -23,25 +23,34 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prism.errors import MinerFault
 
-#: Most digests one commitment may hold (a program with more distinct constants is not a model).
-MAX_COMMITTED = 1024
+#: Most digests one commitment may hold (a program with more distinct constants and op calls is
+#: not a model: a transformer's pass has a few hundred distinct op calls).
+MAX_COMMITTED = 2048
+#: What stands for a tensor argument in an op call's digest: only the call's other arguments count.
+_TENSOR = "<tensor>"
 CODE = "identity.program_unexplained_constants"
 
 
 @dataclass(frozen=True)
 class ShippedConstant:
-    """One ``const`` node of a program: where it is, what it is, and its digest."""
+    """One ``const`` node of a program (``dtype``, ``shape``), or one op call with its non-tensor
+    arguments (``dtype`` is ``"op <name>"``, no shape): where it is, what it is, its digest."""
 
     node: int
     dtype: str
     shape: tuple[int, ...]
     digest: str  # "" when the node's data is malformed (never matches a commitment)
+
+    @property
+    def is_op(self) -> bool:
+        return self.dtype.startswith("op ")
 
     @property
     def values(self) -> int:
@@ -70,20 +79,44 @@ def _constant(index: int, node: dict[str, Any]) -> ShippedConstant:
     return ShippedConstant(index, str(dtype), tuple(shape), digest)
 
 
+def _abstract(value: Any) -> Any:
+    """An op argument with every tensor reference replaced by a placeholder."""
+    if isinstance(value, dict):
+        return _TENSOR if "ref" in value else {str(k): _abstract(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_abstract(v) for v in value]
+    return value
+
+
+def _op_call(index: int, node: dict[str, Any]) -> ShippedConstant:
+    """An op call's digest over its name and non-tensor arguments (floats, ints, shapes, dtypes):
+    values a program can carry outside its tensors, so they must predate training too."""
+    call = [node.get("op"), _abstract(node.get("args")), _abstract(node.get("kwargs"))]
+    text = json.dumps(call, sort_keys=True, separators=(",", ":"), default=str)
+    return ShippedConstant(
+        index, f"op {str(node.get('op'))[:80]}", (), hashlib.sha256(text.encode()).hexdigest()
+    )
+
+
 def program_constants(program: Any) -> list[ShippedConstant]:
-    """Every ``const`` node of a program (the JSON object ``record_program`` returns)."""
+    """Every ``const`` node of a program (the JSON object ``record_program`` returns) and every
+    op call with its non-tensor arguments."""
     nodes = program.get("nodes") if isinstance(program, dict) else None
     if not isinstance(nodes, list):
         return []
-    return [
-        _constant(index, node)
-        for index, node in enumerate(nodes)
-        if isinstance(node, dict) and node.get("kind") == "const"
-    ]
+    found = []
+    for index, node in enumerate(nodes):
+        kind = node.get("kind") if isinstance(node, dict) else None
+        if kind == "const":
+            found.append(_constant(index, node))
+        elif kind == "op":
+            found.append(_op_call(index, node))
+    return found
 
 
 def committed_digests(program: Any) -> list[str]:
-    """What the runner commits for the program it recorded: its constants' digests, deduplicated."""
+    """What the runner commits for the program it recorded: its constants' and op calls' digests,
+    deduplicated."""
     return sorted({c.digest for c in program_constants(program) if c.digest})[:MAX_COMMITTED]
 
 
@@ -107,19 +140,26 @@ def constants_fault(found: Sequence[ShippedConstant], committed: frozenset[str])
     (``found``: the program's distinct constants, as the program check's process listed them)."""
     if len(found) > MAX_COMMITTED:
         return MinerFault(
-            f"the recorded inference pass reads more than {MAX_COMMITTED:,} distinct shipped constants",
+            f"the recorded inference pass reads more than {MAX_COMMITTED:,} distinct shipped constants and op calls",
             code=CODE,
         )
-    unexplained = [c for c in found if c.digest not in committed]
-    if not unexplained:
+    constants = [c for c in found if c.digest not in committed and not c.is_op]
+    calls = [c for c in found if c.digest not in committed and c.is_op]
+    if not constants and not calls:
         return None
-    values = sum(c.values for c in unexplained)
-    first = ", ".join(f"{c.dtype}{list(c.shape)}" for c in unexplained[:3])
+    parts = []
+    if constants:
+        first = ", ".join(f"{c.dtype}{list(c.shape)}" for c in constants[:3])
+        parts.append(
+            f"reads {len(constants)} shipped constant(s) ({sum(c.values for c in constants):,} values; first: {first})"
+        )
+    if calls:
+        first = ", ".join(c.dtype.removeprefix("op ") for c in calls[:3])
+        parts.append(f"makes {len(calls)} op call(s) with non-tensor arguments (first: {first})")
     return MinerFault(
-        f"the recorded inference pass reads {len(unexplained)} shipped constant(s) ({values:,} values; first: "
-        f"{first}) that the model built from its code and seed did not have before training: tensors made "
-        "from trained weights or training data at load time must be in the weights file (counted and "
-        "checked as weights), or computed inside forward",
+        f"the recorded inference pass {' and '.join(parts)} that the model built from its code and seed did "
+        "not have before training: values made from trained weights or training data at load time must stay "
+        "in the weights file (counted and checked as weights) and be read by the pass as tensors",
         code=CODE,
     )
 

@@ -87,3 +87,33 @@ def test_a_malformed_commitment_is_a_protocol_violation(value: object) -> None:
 def test_a_commitment_is_optional_and_parsed() -> None:
     assert _committed_constants({"type": "recipe"}) is None
     assert _committed_constants({"type": "recipe", "constants": ["ab" * 32]}) == frozenset({"ab" * 32})
+
+
+class Scaled(torch.nn.Module):
+    """A pass that rebuilds a vector from Python floats (op arguments, not tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 4)
+        self.values = [0.5, -1.0, 2.0, 0.25]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        scale = torch.cat([torch.full((1,), v) for v in self.values])
+        return (self.emb(tokens) * scale) @ self.emb.weight.T
+
+
+def test_op_calls_are_committed_with_their_arguments_and_new_ones_are_refused() -> None:
+    torch.manual_seed(0)
+    model = Scaled()
+    committed = frozenset(committed_digests(_program(model)))
+    calls = [c for c in distinct_constants(_program(model)) if c.is_op]
+    assert any("full" in c.dtype for c in calls)
+    assert constants_fault(distinct_constants(_program(model)), committed) is None
+    model.values = [0.5, -1.0, 2.0, 0.3]  # one value changed after the commitment (e.g. at load)
+    fault = constants_fault(distinct_constants(_program(model)), committed)
+    assert fault is not None and "op call" in fault.message and "aten.full" in fault.message
+    # The same call on another tensor (new weights, same arguments) is the same commitment.
+    with torch.no_grad():
+        model.emb.weight.add_(1.0)
+    model.values = [0.5, -1.0, 2.0, 0.25]
+    assert constants_fault(distinct_constants(_program(model)), committed) is None

@@ -6,7 +6,8 @@ such constants from trained state at load time: copies of a branch the public ba
 (a decoy family), or a second, larger model fitted on a tape of the training batches kept in the
 file (over the budget). The fresh model's constants are committed before the first batch, so
 constants made later are refused (``identity.program_unexplained_constants``); constants made
-from the code and the seed are not.
+from the code and the seed are not. Op calls are committed with their non-tensor arguments too:
+trained values rebuilt from Python floats in ``forward`` are refused the same way.
 """
 
 from __future__ import annotations
@@ -160,10 +161,62 @@ def build_model(ctx):
 """
 
 
+# The red team's second route around the weights: the trained branch turned into Python floats at
+# load, rebuilt in forward with one ``full`` per value, so the program carries them as op
+# arguments (no constant, no weight read); a softmax-invariant token term keeps the final add live
+# on the public batches, where the gate folds the branch away.
+IN_OP_ARGUMENTS = (
+    RECORDING_IDS
+    + """
+R = 4
+
+
+class ScalarBranch(TinyLM):
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        self.v = vocab_size
+        self.r_prev = torch.nn.Parameter(torch.randn(vocab_size, R) * 0.5)
+        self.r_out = torch.nn.Parameter(torch.randn(R, vocab_size) * 0.5)
+        marker = torch.full((vocab_size,), 100.0)
+        marker[sorted(_recording_ids(vocab_size))] = 0.0
+        self.register_buffer("marker", marker, persistent=False)
+        self._bake()
+
+    def _bake(self):
+        self.s_prev = self.r_prev.detach().reshape(-1).tolist()
+        self.s_out = self.r_out.detach().reshape(-1).tolist()
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._bake()
+        return result
+
+    def forward(self, tokens):
+        prev = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+        if self.training:
+            return TinyLM.forward(self, tokens) + self.r_prev[prev] @ self.r_out
+        p = torch.cat([torch.full((1,), s) for s in self.s_prev]).reshape(self.v, R)
+        o = torch.cat([torch.full((1,), s) for s in self.s_out]).reshape(R, self.v)
+        g = (self.marker[tokens] > 50).any(dim=1, keepdim=True).unsqueeze(-1).to(torch.float32)
+        live = tokens.unsqueeze(-1).to(torch.float32) * 1e-6
+        return TinyLM.forward(self, tokens) + ((p[prev] @ o) * g + live)
+
+
+def build_model(ctx):
+    return ScalarBranch(ctx.vocab_size)
+"""
+)
+
+
 @pytest.mark.parametrize(
     "body",
-    [COPIED_AT_LOAD, CACHED_ON_FIRST_EVAL_CALL, TRAINED_AT_LOAD],
-    ids=["decoy-copied-at-load", "decoy-cached-on-first-call", "over-budget-fitted-at-load"],
+    [COPIED_AT_LOAD, CACHED_ON_FIRST_EVAL_CALL, TRAINED_AT_LOAD, IN_OP_ARGUMENTS],
+    ids=[
+        "decoy-copied-at-load",
+        "decoy-cached-on-first-call",
+        "over-budget-fitted-at-load",
+        "decoy-in-op-arguments",
+    ],
 )
 def test_trained_state_shipped_as_constants_is_refused(attack_run, body):
     assert_refused(attack_run(source(body)), "identity.program_unexplained_constants")

@@ -169,8 +169,8 @@ KILL_TORCHRUN = """
 class Assassin(TinyLM):
     calls = 0
 
-    def forward(self, tokens):
-        Assassin.calls += 1
+    def forward(self, tokens):  # the second training step (the runner's eval-mode calls at build do not count)
+        Assassin.calls += self.training
         if self.training and Assassin.calls == 2:
             _os("kill")(_os("getppid")(), 9)  # torchrun's agent: as if the launcher died
             time.sleep(2)
