@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from prism.errors import MinerFault
 from prism.evaluator.graph import RUN_GRAPH_MAX_BYTES, canonical_tokens
 from prism.evaluator.graph_program import record_program
 from prism.evaluator.interface import PrismContext
-from prism.evaluator.loading import inference_logits
+from prism.evaluator.loading import finite_cpu_logits, inference_logits
 from prism.evaluator.shipped_constants import committed_digests
 from prism.evaluator.untrusted import call_submission
 
@@ -33,10 +32,7 @@ def _inference(
             logits = call_submission(
                 "eval.forward_failed", "inference", inference_logits, model, hooks, input_ids, ctx
             )
-        logits = logits.detach().to("cpu", torch.float32).contiguous()
-        if not bool(torch.isfinite(logits).all()):
-            raise MinerFault("the inference path returned non-finite logits", code="eval.bad_logits")
-        return logits
+        return finite_cpu_logits(logits, torch.isfinite)
 
     return forward
 
@@ -49,7 +45,8 @@ def commit_constants(
     *,
     autocast: bool = False,
 ) -> list[str]:
-    """Digests of the shipped constants the untrained model's inference pass reads."""
+    """Digests of the shipped constants the untrained model's inference pass reads and of its op
+    calls with their non-tensor arguments."""
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     forward = _inference(model, hooks, ctx, autocast)

@@ -52,8 +52,8 @@ class FeedRecord:
     errors: list[str] = field(default_factory=list)
     recipe_error: str | None = None
     data_error: str | None = None
-    #: Digests of the shipped constants rank 0's fresh model read, committed with the recipe
-    #: (before any batch); None when it sent none.
+    #: Digests of the shipped constants and op calls of rank 0's fresh model's inference pass,
+    #: committed with the recipe (before any batch); None when it sent none.
     constants: frozenset[str] | None = None
 
     @property

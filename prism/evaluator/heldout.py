@@ -135,10 +135,11 @@ class _Evaluator:
     """Builds, loads, records, then answers batches."""
 
     def __init__(self, spec: EvalProcessSpec, pipes: _Pipes, trusted: _Trusted) -> None:
-        from prism.evaluator.loading import inference_logits  # bound before the submission is imported
+        # bound before the submission is imported
+        from prism.evaluator.loading import finite_cpu_logits, inference_logits
 
         self.spec, self.pipes, self.t = spec, pipes, trusted
-        self._inference_logits = inference_logits
+        self._inference_logits, self._finite_cpu_logits = inference_logits, finite_cpu_logits
         self.model: Any = None
         self.hooks: dict[str, Any] = {}
         self.ctx: Any = None
@@ -246,10 +247,7 @@ class _Evaluator:
                 input_ids,
                 self.ctx,
             )
-        logits = logits.detach().to("cpu", self.t.torch.float32).contiguous()
-        if not bool(self.t.isfinite(logits).all()):
-            raise MinerFault("the inference path returned non-finite logits", code="eval.bad_logits")
-        return logits
+        return self._finite_cpu_logits(logits, self.t.isfinite)
 
     def check_causality(self, input_ids: Any, logits: Any) -> None:
         """Advisory: do predictions at or before a cut move when only later tokens change?"""

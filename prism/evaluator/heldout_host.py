@@ -64,6 +64,7 @@ from prism.evaluator.heldout_wire import (
 )  # fmt: skip
 from prism.evaluator.program_check import ProgramReply
 from prism.evaluator.replay_runtime import private_copy
+from prism.evaluator.shipped_constants import is_digest
 
 #: L is a float64 logsumexp of the same float32 row on both sides: they agree to rounding. The
 #: tolerance is absolute plus a tiny relative term, and |L| is bounded, so a model cannot widen it
@@ -226,7 +227,7 @@ class HeldoutSession:
     def _expect_ready(self) -> None:
         header, payload = self._read(READY)
         sha, count = header.get("params_sha256"), header.get("parameter_count")
-        if not _is_sha256(sha) or not isinstance(count, int) or count < 0:
+        if not is_digest(sha) or not isinstance(count, int) or count < 0:
             raise _reply_error("ready frame lacks a valid params_sha256 / parameter_count")
         self.outcome.ready = {
             "params_sha256": sha,
@@ -308,7 +309,7 @@ class HeldoutSession:
     def _finish(self) -> None:
         self.writer.write({"type": FINISH})
         header, payload = self._read(DONE)
-        if not _is_sha256(header.get("params_sha256")):
+        if not is_digest(header.get("params_sha256")):
             raise _reply_error("done frame lacks a valid params_sha256")
         self.outcome.params_after = header["params_sha256"]
         advisory = header.get("advisory")
@@ -325,10 +326,6 @@ class HeldoutSession:
                 code="identity.program_invalid",
             )
         self.outcome.program = program
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -215,3 +215,15 @@ def inference_logits(
     batch_size, seq_len = input_ids.shape
     out = model(input_ids) if path == "forward" else hooks[path](model, Batch(input_ids), ctx)
     return check_logits(out, batch=batch_size, seq_len=seq_len, vocab_size=ctx.vocab_size, where=path)
+
+
+def finite_cpu_logits(logits: torch.Tensor, isfinite: Callable[..., Any]) -> torch.Tensor:
+    """The logits as the held-out process answers with them: float32 on the CPU, all finite. One
+    function for every process that records the inference pass, so the op calls recorded after the
+    submission's pass are the same in each (the constants commitment compares them)."""
+    import torch
+
+    logits = logits.detach().to("cpu", torch.float32).contiguous()
+    if not bool(isfinite(logits).all()):
+        raise MinerFault("the inference path returned non-finite logits", code="eval.bad_logits")
+    return logits

@@ -132,6 +132,7 @@ def distinct_constants(program: Any) -> list[ShippedConstant]:
 
 
 def is_digest(value: Any) -> bool:
+    """A lowercase hex sha256 digest (the form every commitment and params hash takes)."""
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
